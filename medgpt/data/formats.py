@@ -1,0 +1,247 @@
+"""Pure converters: one source record (a dict) -> one normalised record, or a RecordError saying why not.
+
+Normalised kinds (what stages consume):
+    chat        {"messages": [{"role", "content"}, ...]}                    sft, eval
+    text        {"text": str}                                               pt
+    preference  {"prompt": [msgs], "chosen": [msg], "rejected": [msg]}      rm, dpo, orpo, simpo, kto
+    unpaired    {"prompt": [msgs], "completion": [msg], "label": bool}      kto
+    prompt      {"prompt": [msgs], "answer": str | None}                    grpo, ppo
+
+    python -c "from medgpt.data.formats import convert; print(convert('alpaca', {'instruction': 'hi', 'output': 'yo'}))"
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, FrozenSet, List, Optional
+
+
+class RecordError(ValueError):
+    """What is wrong with one record, and how to fix it (file and line are added by the reader)."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(problem)
+        self.problem, self.fix = problem, fix
+
+
+ROLE_SYNONYMS = {
+    "system": "system",
+    "human": "user", "user": "user", "question": "user", "instruction": "user",
+    "gpt": "assistant", "assistant": "assistant", "bot": "assistant", "chatgpt": "assistant",
+    "model": "assistant", "response": "assistant",
+    "function_call": "function_call", "observation": "observation", "tool": "observation",
+}
+# Turns that answer / ask: tool calls sit on the assistant side, tool results on the user side.
+ASSISTANT_SIDE = {"assistant", "function_call"}
+USER_SIDE = {"user", "observation"}
+
+
+def _text(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise RecordError(f"{what} must be a string, got {type(value).__name__}",
+                          f"write {what} as a JSON string")
+    return value
+
+
+def check_turns(messages: List[dict], need_assistant_last: bool = True) -> List[dict]:
+    """Roles alternate user-side / assistant-side after an optional leading system turn."""
+    if not messages:
+        raise RecordError("the conversation is empty", "add at least one user and one assistant turn")
+    body = messages[1:] if messages[0]["role"] == "system" else messages
+    if any(m["role"] == "system" for m in body):
+        raise RecordError("a system turn appears after the first turn", "put the system prompt first, once")
+    expected = USER_SIDE
+    for i, m in enumerate(body):
+        if m["role"] not in expected:
+            want = "user/observation" if expected is USER_SIDE else "assistant/function_call"
+            raise RecordError(f"turn {i + 1} is '{m['role']}' but a {want} turn was expected (turns out of order)",
+                              "alternate user and assistant turns, starting with the user")
+        if m["role"] in ASSISTANT_SIDE and not m["content"].strip():
+            raise RecordError(f"turn {i + 1} is an empty {m['role']} turn", "give every assistant turn some text")
+        expected = ASSISTANT_SIDE if expected is USER_SIDE else USER_SIDE
+    if need_assistant_last:
+        if not any(m["role"] in ASSISTANT_SIDE for m in body):
+            raise RecordError("the conversation has no assistant turn", "add the assistant's answer")
+        if body[-1]["role"] not in ASSISTANT_SIDE:
+            raise RecordError("the conversation ends with a user turn", "end with the assistant's answer")
+    return messages
+
+
+def _turns(items, role_key: str, content_key: str, what: str) -> List[dict]:
+    if not isinstance(items, list):
+        raise RecordError(f"'{what}' must be a list of turns", f"write '{what}' as a JSON list")
+    out = []
+    for i, turn in enumerate(items):
+        if not isinstance(turn, dict) or role_key not in turn or content_key not in turn:
+            raise RecordError(f"turn {i + 1} of '{what}' needs keys '{role_key}' and '{content_key}'",
+                              f"write each turn as {{\"{role_key}\": ..., \"{content_key}\": ...}}")
+        role = ROLE_SYNONYMS.get(str(turn[role_key]).strip().lower())
+        if role is None:
+            raise RecordError(f"turn {i + 1} has unknown role '{turn[role_key]}'",
+                              f"use one of: {', '.join(sorted(ROLE_SYNONYMS))}")
+        out.append({"role": role, "content": _text(turn[content_key], f"turn {i + 1} '{content_key}'")})
+    return out
+
+
+def sharegpt(r: dict) -> dict:
+    return {"messages": check_turns(_system(r) + _turns(r["conversations"], "from", "value", "conversations"))}
+
+
+def openai_messages(r: dict) -> dict:
+    return {"messages": check_turns(_system(r) + _turns(r["messages"], "role", "content", "messages"))}
+
+
+def _system(r: dict) -> List[dict]:
+    system = r.get("system")
+    return [{"role": "system", "content": _text(system, "system")}] if system else []
+
+
+def _history(r: dict) -> List[dict]:
+    turns = []
+    for i, pair in enumerate(r.get("history") or []):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise RecordError(f"history item {i + 1} is not a [question, answer] pair",
+                              "write history as [[question, answer], ...]")
+        turns += [{"role": "user", "content": _text(pair[0], "history question")},
+                  {"role": "assistant", "content": _text(pair[1], "history answer")}]
+    return turns
+
+
+def alpaca(r: dict) -> dict:
+    question = _text(r["instruction"], "instruction")
+    if r.get("input"):
+        question = f"{question}\n{_text(r['input'], 'input')}"
+    messages = _system(r) + _history(r) + [{"role": "user", "content": question},
+                                           {"role": "assistant", "content": _text(r["output"], "output")}]
+    return {"messages": check_turns(messages)}
+
+
+def text(r: dict) -> dict:
+    value = _text(r["text"], "text")
+    if not value.strip():
+        raise RecordError("the text is empty", "remove the record or give it text")
+    return {"text": value}
+
+
+def _answer(value, what: str) -> List[dict]:
+    if isinstance(value, list):  # TRL's conversational form: [{"role": "assistant", "content": ...}]
+        msgs = _turns(value, "role", "content", what)
+        if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+            raise RecordError(f"'{what}' must be one assistant turn", f"write '{what}' as a string")
+        content = msgs[0]["content"]
+    else:
+        content = _text(value, what)
+    if not content.strip():
+        raise RecordError(f"'{what}' is empty", f"give '{what}' text")
+    return [{"role": "assistant", "content": content}]
+
+
+def _pair(prompt: List[dict], chosen, rejected) -> dict:
+    check_turns(prompt, need_assistant_last=False)
+    if prompt[-1]["role"] not in USER_SIDE:
+        raise RecordError("the prompt must end with a user turn", "end the prompt with the question")
+    chosen, rejected = _answer(chosen, "chosen"), _answer(rejected, "rejected")
+    if chosen[0]["content"].strip() == rejected[0]["content"].strip():
+        raise RecordError("chosen and rejected are identical", "remove the pair: it teaches nothing")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _prompt(value, what: str = "prompt") -> List[dict]:
+    if isinstance(value, list):
+        return _turns(value, "role", "content", what)
+    if not _text(value, what).strip():
+        raise RecordError(f"'{what}' is empty", f"give '{what}' text")
+    return [{"role": "user", "content": value}]
+
+
+def sharegpt_preference(r: dict) -> dict:
+    prompt = _system(r) + _turns(r["conversations"], "from", "value", "conversations")
+    return _pair(prompt, r["chosen"], r["rejected"])
+
+
+def trl_preference(r: dict) -> dict:
+    return _pair(_system(r) + _prompt(r["prompt"]), r["chosen"], r["rejected"])
+
+
+def qa_preference(r: dict) -> dict:
+    prompt = _system(r) + _history(r) + _prompt(r["question"], "question")
+    return _pair(prompt, r["response_chosen"], r["response_rejected"])
+
+
+def unpaired(r: dict) -> dict:
+    label = r["label"]
+    if not isinstance(label, bool):
+        raise RecordError(f"'label' must be true or false, got {label!r}", "write label as a JSON boolean")
+    prompt = _system(r) + _prompt(r["prompt"])
+    check_turns(prompt, need_assistant_last=False)
+    return {"prompt": prompt, "completion": _answer(r["completion"], "completion"), "label": label}
+
+
+def prompt_only(r: dict) -> dict:
+    question = r["prompt"] if "prompt" in r else r["question"]
+    prompt = _system(r) + _prompt(question, "prompt" if "prompt" in r else "question")
+    answer = r.get("answer")
+    return {"prompt": check_turns(prompt, need_assistant_last=False),
+            "answer": None if answer is None else str(answer)}
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    kind: str
+    keys: FrozenSet[str]  # keys a record must have for this format to be detected
+    convert: Callable[[dict], dict]
+    example: str
+
+
+FORMATS: Dict[str, Format] = {f.name: f for f in [
+    Format("sharegpt", "chat", frozenset({"conversations"}), sharegpt,
+           '{"conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}]}'),
+    Format("messages", "chat", frozenset({"messages"}), openai_messages,
+           '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'),
+    Format("alpaca", "chat", frozenset({"instruction", "output"}), alpaca,
+           '{"instruction": "...", "input": "", "output": "...", "history": []}'),
+    Format("text", "text", frozenset({"text"}), text, '{"text": "..."} or a .txt file'),
+    Format("sharegpt_preference", "preference", frozenset({"conversations", "chosen", "rejected"}),
+           sharegpt_preference, '{"conversations": [{"from": "human", "value": "..."}], "chosen": "...", '
+                                '"rejected": "..."}'),
+    Format("trl_preference", "preference", frozenset({"prompt", "chosen", "rejected"}), trl_preference,
+           '{"prompt": "...", "chosen": "...", "rejected": "..."}'),
+    Format("qa_preference", "preference", frozenset({"question", "response_chosen", "response_rejected"}),
+           qa_preference, '{"system": "", "history": [], "question": "...", "response_chosen": "...", '
+                          '"response_rejected": "..."}'),
+    Format("unpaired", "unpaired", frozenset({"prompt", "completion", "label"}), unpaired,
+           '{"prompt": "...", "completion": "...", "label": true}'),
+    Format("prompt", "prompt", frozenset({"prompt"}), prompt_only, '{"prompt": "...", "answer": "..."}'),
+    Format("question", "prompt", frozenset({"question"}), prompt_only, '{"question": "...", "answer": "..."}'),
+]}
+
+
+def candidates(record: dict) -> List[str]:
+    """Formats whose keys the record has, keeping only the most specific (a superset beats its subset)."""
+    fits = [f for f in FORMATS.values() if f.keys <= record.keys()]
+    return [f.name for f in fits if not any(f.keys < g.keys for g in fits)]
+
+
+def detect(record: dict, accepted: Optional[List[str]] = None) -> str:
+    found = candidates(record)
+    if accepted is not None and len(found) > 1:
+        found = [name for name in found if name in accepted] or found
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise RecordError(f"no known format has these keys: {sorted(record)}",
+                          "rename the columns (data.columns={their: ours}) to one of: " +
+                          "; ".join(f"{f.name} {f.example}" for f in FORMATS.values()))
+    raise RecordError(f"the record fits several formats: {', '.join(found)}",
+                      f"choose one with data.format=<{'|'.join(found)}>")
+
+
+def convert(format_name: str, record: dict) -> dict:
+    fmt = FORMATS[format_name]
+    missing = sorted(fmt.keys - record.keys())
+    if format_name == "question" and "prompt" in record:
+        missing = []
+    if missing:
+        raise RecordError(f"missing key(s) {missing} for format '{format_name}'",
+                          f"write the record as {fmt.example}")
+    return fmt.convert(record)

@@ -1,0 +1,214 @@
+"""One training run: check the composed config -> load data -> load model -> build the stage's trainer -> train
+-> save final/ and metrics.json. Bad input fails before the model is loaded.
+
+    python train.py stage=sft model=tiny hardware=lora stage.args.max_steps=5
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from medgpt import tracking
+from medgpt.config import check_trainer_args, to_container
+from medgpt.errors import UserError
+
+log = logging.getLogger("medgpt")
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.output_root) / "runs" / f"{cfg.stage.name}-{cfg.model.name}-{cfg.hardware.name}" / \
+        tracking.run_stamp()
+
+
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def main(cfg: DictConfig) -> Optional[float]:
+    """Hydra task: train, and turn failures into a recorded status. User errors print one line, no traceback.
+    Returns cfg.objective's value so Hydra sweepers (optuna) can minimise it."""
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timer = tracking.Timer()
+    metrics: Dict[str, Any] = {"status": "running", "run_dir": str(run_dir)}
+    try:
+        metrics = train(cfg, run_dir)
+    except UserError as e:
+        _record_failure(run_dir, cfg, timer, f"{e}", user_error=True)
+        if is_multirun():
+            return None
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        _record_failure(run_dir, cfg, timer, f"{type(e).__name__}: {e}", tb=traceback.format_exc())
+        if is_multirun():  # a sweep records the failed job and goes on
+            return None
+        raise
+    value = metrics.get(cfg.objective)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _record_failure(run_dir: Path, cfg, timer, message: str, tb: str = "", user_error: bool = False) -> None:
+    log.error("run failed: %s%s", message, "\n" + tb if tb else "")
+    if tracking.is_main_process():
+        tracking.write_json(run_dir / "metrics.json", {
+            "status": "failed", "error": message, "user_error": user_error, "stage": cfg.stage.name,
+            "model": cfg.model.name, "hardware": cfg.hardware.name, "runtime_s": timer.elapsed()})
+    tracking.finish_logger(cfg.logger, exit_code=1)
+
+
+def prepare_datasets(cfg: DictConfig, stage, tokenizer):
+    from medgpt.data import load_data
+
+    train_records, eval_records = load_data(cfg.data, cfg.stage, seed=cfg.seed)
+    train_dataset, counts = stage.prepare(train_records.rows, tokenizer, cfg)
+    eval_dataset = stage.prepare(eval_records.rows, tokenizer, cfg)[0] if eval_records else None
+    report = {"train_records": len(train_records.rows), "eval_records": len(eval_records.rows) if eval_records else 0,
+              "formats": dict(train_records.formats), "skipped_records": dict(train_records.skipped),
+              **{k: v for k, v in counts.items()}}
+    if eval_records and eval_records.skipped:
+        report["skipped_eval_records"] = dict(eval_records.skipped)
+    for key in ("truncated", "dropped_overlong", "dropped_no_loss"):
+        if counts.get(key):
+            log.warning("%s: %d sample(s) (data.overlong=%s, max_length=%s)", key, counts[key], cfg.data.overlong,
+                        cfg.data.max_length or cfg.model.max_length)
+    return train_dataset, eval_dataset, report
+
+
+def trainer_args(cfg: DictConfig, config_class, run_dir: Path, logger_args: dict):
+    """Instantiate stage.args; hardware-derived values fill in what the user did not set."""
+    from hydra.utils import instantiate
+
+    from medgpt import hardware
+
+    device = hardware.device_info()
+    precision = hardware.resolve_precision(cfg.hardware.precision, device)
+    derived = {
+        **hardware.precision_args(cfg.hardware.precision, device),
+        "gradient_checkpointing": cfg.hardware.gradient_checkpointing,
+        "deepspeed": hardware.deepspeed_config(cfg.hardware.deepspeed, precision),
+        "seed": cfg.seed, "data_seed": cfg.seed,
+        "output_dir": str(run_dir / "checkpoints"),
+        "logging_dir": str(run_dir / "tensorboard"),
+        "include_num_input_tokens_seen": "non_padding",
+        **dict(cfg.hardware.args),
+        **logger_args,
+    }
+    if derived["deepspeed"] is not None and tracking.is_main_process():
+        tracking.write_json(run_dir / "deepspeed.json", derived["deepspeed"])
+    user_set = set(cfg.stage.args.keys())
+    kwargs = {k: v for k, v in derived.items() if k not in user_set}
+    known = {f for f in config_class.__dataclass_fields__}
+    return instantiate(cfg.stage.args, _convert_="all", **{k: v for k, v in kwargs.items() if k in known}), precision
+
+
+def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
+    import transformers
+
+    from medgpt import hardware
+    from medgpt.models import load_model, load_tokenizer, set_generation_defaults
+
+    timer = tracking.Timer()
+    config_class = check_trainer_args(cfg)
+    hardware.check_method(cfg.hardware)
+    stage = importlib.import_module(cfg.stage.module)
+    resolved = to_container(cfg)
+    if tracking.is_main_process():
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), encoding="utf-8")
+        tracking.write_json(run_dir / "environment.json", {"versions": tracking.versions(), **tracking.git_state()})
+    transformers.set_seed(cfg.seed)
+
+    tokenizer = load_tokenizer(cfg.model)
+    train_dataset, eval_dataset, data_report = prepare_datasets(cfg, stage, tokenizer)
+    log.info("data: %s", data_report)
+
+    run_name = cfg.run_name or f"{run_dir.parent.name}/{run_dir.name}"
+    logger_args = tracking.start_logger(cfg.logger, run_dir, run_name, resolved)
+    args, precision = trainer_args(cfg, config_class, run_dir, logger_args)
+    model = load_model(cfg.model, cfg.hardware, kind=stage.MODEL_KIND, precision=precision, tokenizer=tokenizer)
+    trainer = stage.build_trainer(cfg=cfg, model=model, tokenizer=tokenizer, args=args,
+                                  train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=[])
+    result = trainer.train(resume_from_checkpoint=cfg.resume)
+
+    metrics: Dict[str, Any] = {"status": "completed", "stage": cfg.stage.name, "model": cfg.model.name,
+                               "hardware": cfg.hardware.name, "run_dir": str(run_dir), **data_report}
+    metrics.update(_train_metrics(trainer, result))
+    if eval_dataset is not None:
+        metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+    final = run_dir / "final"
+    trainer.save_model(str(final))
+    if tracking.is_main_process():
+        _save_final_extras(final, cfg, trainer.model, tokenizer, set_generation_defaults)
+        metrics["runtime_s"] = timer.elapsed()
+        tracking.write_json(run_dir / "history.json", {"log_history": trainer.state.log_history})
+        tracking.write_json(run_dir / "metrics.json", metrics)
+        _print_summary(run_dir, metrics)
+    tracking.finish_logger(cfg.logger)
+    return metrics
+
+
+def _train_metrics(trainer, result) -> Dict[str, Any]:
+    import torch
+
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    out = {"train_loss": result.training_loss, "final_train_loss": losses[-1] if losses else None,
+           "first_train_loss": losses[0] if losses else None, "global_step": trainer.state.global_step,
+           "train_runtime": result.metrics.get("train_runtime"),
+           "tokens_seen": int(trainer.state.num_input_tokens_seen or 0)}
+    runtime = out["train_runtime"] or 0
+    out["tokens_per_second"] = round(out["tokens_seen"] / runtime, 2) if runtime else None
+    if torch.cuda.is_available():
+        out["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    else:
+        import resource
+
+        out["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    for key, value in list(out.items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            out[key] = None
+    return out
+
+
+def _save_final_extras(final: Path, cfg, model, tokenizer, set_generation_defaults) -> None:
+    from medgpt.models import RUN_INFO, adapter_base, resolve_path
+
+    tokenizer.save_pretrained(final)
+    base_model = getattr(model, "get_base_model", lambda: model)()
+    if hasattr(base_model, "generation_config") and base_model.generation_config is not None:
+        set_generation_defaults(base_model, tokenizer, cfg.model.template)
+        base_model.generation_config.save_pretrained(final)
+    source = resolve_path(cfg.model.path, cfg.model.tiny)
+    tracking.write_json(final / RUN_INFO, {
+        "template": cfg.model.template, "stage": cfg.stage.name, "model": cfg.model.name,
+        "base_model": adapter_base(str(final)), "source": adapter_base(source) or source,
+        "adapter": (final / "adapter_config.json").exists(), "trust_remote_code": cfg.model.trust_remote_code})
+
+
+def _print_summary(run_dir: Path, metrics: Dict[str, Any]) -> None:
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    where = tracking.wandb_location()
+    lines = [f"run folder   {run_dir}"]
+    for key in ("train_loss", "final_train_loss", "eval_loss", "global_step", "tokens_seen", "train_runtime"):
+        if metrics.get(key) is not None:
+            lines.append(f"{key:<12} {fmt(metrics[key])}")
+    if where:
+        lines.append(f"wandb        {where}  (offline runs: wandb sync {Path(where).parent})")
+    lines.append(f"chat         python -m medgpt.chat {run_dir}")
+    print("\n".join(["", "=" * 60, *lines, "=" * 60]), flush=True)

@@ -1,0 +1,123 @@
+"""Run folder, W&B / TensorBoard setup, metrics.json and the end-of-run summary.
+
+    python train.py logger=none          # no tracking; logger=tensorboard for TensorBoard
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+log = logging.getLogger(__name__)
+SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY")
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_stamp() -> str:
+    """The run folder's time stamp. Every rank of one torchrun launch gets the same one: MEDGPT_RUN_ID when set
+    (multi-node), else the start time of the launcher process that all local ranks share."""
+    if os.environ.get("MEDGPT_RUN_ID"):
+        return os.environ["MEDGPT_RUN_ID"]
+    if "LOCAL_RANK" in os.environ:
+        started = _process_start(os.getppid())
+        if started:
+            return datetime.fromtimestamp(started).strftime("%Y-%m-%d_%H-%M-%S") + f"_p{os.getppid()}"
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")[:-3]
+
+
+def _process_start(pid: int) -> Optional[float]:
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def git_state() -> Dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
+                                    timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": dirty if commit else None}
+
+
+def versions() -> Dict[str, Optional[str]]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "deepspeed", "bitsandbytes"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def start_logger(logger_cfg, run_dir: Path, run_name: str, config: dict) -> Dict[str, Any]:
+    """Start W&B (offline unless WANDB_MODE says otherwise) or point TensorBoard at the run folder.
+    Returns trainer args: report_to and run_name."""
+    if logger_cfg.name == "none" or not is_main_process():
+        return {"report_to": "none", "run_name": run_name}
+    if logger_cfg.name == "tensorboard":
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+        return {"report_to": ["tensorboard"], "run_name": run_name}
+    if logger_cfg.name != "wandb":
+        from medgpt.errors import UserError
+
+        raise UserError(f"logger={logger_cfg.name}: use wandb, tensorboard or none")
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE", logger_cfg.mode)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, name=run_name, group=logger_cfg.group,
+               tags=list(logger_cfg.tags) or None, notes=logger_cfg.notes, dir=str(run_dir), mode=mode,
+               config={"cfg": config, "run_dir": str(run_dir), **git_state()})
+    return {"report_to": ["wandb"], "run_name": run_name}
+
+
+def wandb_location() -> Optional[str]:
+    try:
+        import wandb
+
+        run = wandb.run
+        if run is None:
+            return None
+        return run.url or run.dir
+    except Exception:
+        return None
+
+
+def finish_logger(logger_cfg, exit_code: int = 0) -> None:
+    if logger_cfg.name == "wandb" and is_main_process():
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.time()
+
+    def elapsed(self) -> float:
+        return round(time.time() - self.start, 3)
