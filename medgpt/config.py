@@ -134,6 +134,22 @@ def sample_file(name: str) -> str:
     return str(Path(os.environ.get("MEDGPT_SAMPLES", default)) / name)
 
 
+# Nodes whose keys come from a library class or are free-form: an override may add a key there without "+"
+# (`stage.args.max_steps=2`). stage.args keys are then checked against the trainer config class (check_trainer_args).
+OPEN_NODES = ("stage.args.", "hardware.args.", "model.tiny.", "model.rope_scaling.", "data.columns.")
+
+
+def normalize_overrides(overrides: List[str]) -> List[str]:
+    """Turn `stage.args.max_steps=2` into `++stage.args.max_steps=2` (add or override), leave the rest alone."""
+    out = []
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "=" in item and key.startswith(OPEN_NODES) and not key.startswith(("+", "~")):
+            item = "++" + item
+        out.append(item)
+    return out
+
+
 def import_object(path: str) -> Any:
     module_name, _, attr = path.rpartition(".")
     try:
