@@ -1,0 +1,164 @@
+"""Pure converters, format detection, and reading the real MedicalGPT samples without conversion."""
+import json
+
+import pytest
+
+from conftest import SAMPLES
+from medgpt.data.formats import RecordError, convert, detect
+from medgpt.data.loading import expand_files, load_split
+
+CHAT_FORMATS = ["sharegpt", "messages", "alpaca"]
+
+
+def test_sharegpt_roles_and_synonyms():
+    row = convert("sharegpt", {"conversations": [
+        {"from": "system", "value": "be kind"}, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"},
+        {"from": "user", "value": "more?"}, {"from": "assistant", "value": "sure"}]})
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert row["messages"][2]["content"] == "hello"
+
+
+def test_openai_messages_with_separate_system():
+    row = convert("messages", {"system": "S", "messages": [{"role": "user", "content": "q"},
+                                                           {"role": "assistant", "content": "a"}]})
+    assert row["messages"][0] == {"role": "system", "content": "S"}
+
+
+def test_alpaca_with_input_and_history():
+    row = convert("alpaca", {"instruction": "Explain", "input": "fever", "output": "It is heat.",
+                             "history": [["first q", "first a"]]})
+    assert row["messages"] == [{"role": "user", "content": "first q"}, {"role": "assistant", "content": "first a"},
+                               {"role": "user", "content": "Explain\nfever"},
+                               {"role": "assistant", "content": "It is heat."}]
+
+
+def test_text_and_preference_formats():
+    assert convert("text", {"text": "abc"}) == {"text": "abc"}
+    pair = convert("sharegpt_preference", {"conversations": [{"from": "human", "value": "q"}],
+                                           "chosen": "good", "rejected": "bad"})
+    assert pair["prompt"] == [{"role": "user", "content": "q"}]
+    assert pair["chosen"] == [{"role": "assistant", "content": "good"}]
+    qa = convert("qa_preference", {"system": "", "history": [["a", "b"]], "question": "q",
+                                   "response_chosen": "c", "response_rejected": "r"})
+    assert [m["role"] for m in qa["prompt"]] == ["user", "assistant", "user"]
+
+
+@pytest.mark.parametrize("record, problem", [
+    ({"conversations": [{"from": "doctor", "value": "x"}]}, "unknown role 'doctor'"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "}]}, "empty assistant"),
+    ({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}, "out of order"),
+    ({"conversations": [{"from": "human", "value": "q"}]}, "no assistant turn"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"},
+                        {"from": "human", "value": "q2"}]}, "ends with a user turn"),
+    ({"conversations": [{"from": "human"}]}, "needs keys 'from' and 'value'"),
+])
+def test_bad_chat_records_say_what_is_wrong(record, problem):
+    with pytest.raises(RecordError) as e:
+        convert("sharegpt", record)
+    assert problem in e.value.problem and e.value.fix
+
+
+def test_identical_preference_pair_rejected():
+    with pytest.raises(RecordError, match="identical"):
+        convert("trl_preference", {"prompt": "q", "chosen": "same", "rejected": "same"})
+
+
+def test_detection_prefers_the_most_specific_and_reports_ambiguity():
+    assert detect({"conversations": [], "chosen": "", "rejected": ""}) == "sharegpt_preference"
+    assert detect({"instruction": "", "input": "", "output": ""}) == "alpaca"
+    with pytest.raises(RecordError, match="several formats: .*trl_preference.*unpaired|unpaired.*trl_preference"):
+        detect({"prompt": "", "chosen": "", "rejected": "", "completion": "", "label": True})
+    with pytest.raises(RecordError, match="no known format"):
+        detect({"foo": 1})
+
+
+@pytest.mark.parametrize("name, accepted, kind_key, count", [
+    ("medical_sft_1K_format.jsonl", CHAT_FORMATS, "messages", 1000),
+    ("dpo_zh_500.jsonl", ["sharegpt_preference", "trl_preference", "qa_preference"], "chosen", 500),
+    ("grpo_sample.jsonl", ["prompt", "question"], "prompt", 32),
+    ("en_article_tail500.txt", ["text"], "text", None),
+])
+def test_real_samples_read_without_conversion(name, accepted, kind_key, count):
+    records = load_split(expand_files([str(SAMPLES / name)]), accepted=accepted)
+    assert not records.skipped
+    assert all(kind_key in row for row in records.rows)
+    if count:
+        assert len(records.rows) == count
+
+
+def _write(tmp_path, lines, name="data.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+GOOD = json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ('{"conversations": [', "invalid JSON"),
+    (json.dumps({"conversations": [{"from": "nurse", "value": "q"}]}), "unknown role 'nurse'"),
+    (json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": ""}]}),
+     "empty assistant turn"),
+    (json.dumps({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}),
+     "out of order"),
+    (json.dumps({"instruction": "q"}), "missing key(s) ['conversations']"),  # another shape mid-file
+])
+def test_bad_record_names_file_line_and_fix(tmp_path, bad_line, message):
+    from medgpt.errors import DataError
+
+    path = _write(tmp_path, [GOOD, GOOD, bad_line, GOOD])
+    with pytest.raises(DataError) as e:
+        load_split([path], accepted=CHAT_FORMATS)
+    text = str(e.value)
+    assert f"{path}:3" in text and message in text and "Fix:" in text and "on_bad_record=skip" in text
+
+
+def test_skip_counts_and_reports_bad_records(tmp_path, caplog):
+    path = _write(tmp_path, [GOOD, "{oops", json.dumps({"conversations": [{"from": "x", "value": "q"}]}), GOOD])
+    records = load_split([path], accepted=CHAT_FORMATS, on_bad_record="skip")
+    assert len(records.rows) == 2
+    assert sum(records.skipped.values()) == 2
+    assert any(":2: invalid JSON" in s for s in records.first_skipped)
+    assert "skipped 2 bad record(s)" in caplog.text
+
+
+def test_stage_given_wrong_shape_lists_accepted_formats(tmp_path):
+    from medgpt.errors import UserError
+
+    path = _write(tmp_path, [GOOD])
+    with pytest.raises(UserError, match="accepts: sharegpt_preference, trl_preference"):
+        load_split([path], accepted=["sharegpt_preference", "trl_preference"], stage="stage=dpo")
+
+
+def test_missing_empty_and_unmatched_files(tmp_path):
+    from medgpt.errors import DataError, UserError
+
+    with pytest.raises(UserError, match="no such file"):
+        expand_files([str(tmp_path / "nope.jsonl")])
+    with pytest.raises(UserError, match="matches no file"):
+        expand_files([str(tmp_path / "*.jsonl")])
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="empty.jsonl: the file is empty"):
+        expand_files([str(tmp_path / "empty.jsonl")])
+
+
+def test_folders_globs_json_and_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(3)]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.json").write_text(json.dumps(rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d" / "b.parquet")
+    files = expand_files([str(tmp_path / "d")])
+    assert [f.suffix for f in files] == [".json", ".parquet"]
+    records = load_split(files, accepted=CHAT_FORMATS, max_samples=5)
+    assert len(records.rows) == 5 and records.formats["alpaca"] == 5
+    assert expand_files([str(tmp_path / "d" / "*.json")]) == [tmp_path / "d" / "a.json"]
+
+
+def test_column_mapping_and_forced_format(tmp_path):
+    path = _write(tmp_path, [json.dumps({"问": "发烧怎么办", "答": "多喝水"})])
+    records = load_split([path], accepted=["question", "alpaca"], columns={"问": "instruction", "答": "output"})
+    assert records.rows[0]["messages"][1]["content"] == "多喝水"
