@@ -46,6 +46,8 @@ class StageConfig:
     reward_model: Optional[str] = None  # ppo/grpo: path of a run's final/ from stage=rm
     reward_funcs: Any = None  # grpo/ppo: list of {_target_: ...} reward functions
     reference: str = "auto"  # dpo/kto: auto | copy | none (adapter-disabled reference with LoRA)
+    batching: str = "token_budget"  # sft/pt batches: token_budget | group_by_length | random (medgpt.batching)
+    tokens_per_batch: Optional[int] = None  # token_budget: padded tokens per batch (default batch size x max length)
 
 
 @dataclass

@@ -9,13 +9,44 @@ from medgpt.data.tokenize import tokenize_chats
 MODEL_KIND = "causal"
 
 
+def max_length(cfg) -> int:
+    """One max length for tokenization and the trainer: stage.args.max_length > data.max_length > model's."""
+    return cfg.stage.args.get("max_length") or cfg.data.max_length or cfg.model.max_length
+
+
 def prepare(rows, tokenizer, cfg):
-    columns, counts = tokenize_chats(rows, tokenizer, cfg.data.max_length or cfg.model.max_length, cfg.data.overlong)
+    columns, counts = tokenize_chats(rows, tokenizer, max_length(cfg), cfg.data.overlong)
     return Dataset.from_dict(columns), counts
 
 
-def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+def trainer_class():
+    """SFTTrainer whose training batches follow stage.batching (see medgpt.batching)."""
+    from torch.utils.data import DataLoader
     from trl import SFTTrainer
 
-    return SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      processing_class=tokenizer, callbacks=callbacks)
+    class BatchedSFTTrainer(SFTTrainer):
+        batch_plan = None
+
+        def get_train_dataloader(self):
+            if self.batch_plan is None:
+                return super().get_train_dataloader()
+            dataset = self._remove_unused_columns(self.train_dataset, description="training")
+            return self.accelerator.prepare(DataLoader(
+                dataset, batch_sampler=self.batch_plan, collate_fn=self.data_collator,
+                num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory))
+
+    return BatchedSFTTrainer
+
+
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+    from medgpt.batching import plan_batches
+
+    args.max_length = max_length(cfg)
+    trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                              processing_class=tokenizer, callbacks=callbacks)
+    if not args.packing and cfg.stage.batching != "random":
+        lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+        budget = cfg.stage.tokens_per_batch or args.per_device_train_batch_size * args.max_length
+        trainer.batch_plan = plan_batches(cfg.stage.batching, lengths, args.per_device_train_batch_size, budget,
+                                          args.seed)
+    return trainer
