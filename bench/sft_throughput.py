@@ -1,0 +1,252 @@
+"""SFT throughput: MedicalGPT's batching vs length grouping vs our default and other options, same model, data,
+token budget per step and number of steps. Prints a table and one final `name=value ...` line.
+
+    python bench/sft_throughput.py                    # CPU: Qwen2 shape hidden 256, 4 layers, ~4k BPE, max len 512
+    python bench/sft_throughput.py --device cuda      # GPU: Qwen2.5-1.5B shape, vocab 151,936, bf16, max len 1024
+
+Modes (each a fresh model with the same seed, AdamW, one plain training loop shared by all modes, so only the
+batching / loss path differs):
+  a_medicalgpt   random order, dynamic padding to the longest in the batch (supervised_finetuning.py's batches)
+  b_group_len    transformers' group_by_length batches (random megabatches sorted by length)
+  c_default      medgpt's default: token-budget batches (rows x longest <= batch size x max length)
+  d_packing      samples packed into max-length rows, positions restarting per sample (padding-free)
+  e_chunked      c_default + chunked loss (no full-vocabulary logits; medgpt.losses)
+GPU only:
+  f_big_chunked  token budget 4x with the chunked loss (bigger steps fit in memory)
+  g_a_32x1024    a_medicalgpt at batch 32 x 1024 (MedicalGPT OOMs there on an H200)
+  h_e_32x1024    e_chunked at a 32 x 1024 token budget
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SAMPLE = Path(os.environ.get("MEDGPT_SAMPLES", ROOT.parent / "shared/data/medicalgpt-samples")) / \
+    "medical_sft_1K_format.jsonl"
+GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 spec sheets
+QWEN25_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
+                  tie_word_embeddings=True)
+
+
+def build_tokenizer_and_data(max_length: int, cache: Path):
+    """A ~4k BPE tokenizer built like model=tiny, trained on the sample's text; the sample tokenized with it."""
+    from transformers import AutoTokenizer
+
+    from medgpt.data.loading import expand_files, load_split
+    from medgpt.data.tokenize import tokenize_chats
+    from medgpt.tiny import build_tiny
+
+    rows = load_split(expand_files([str(SAMPLE)]), accepted=["sharegpt"]).rows
+    if not (cache / "tokenizer.json").exists():
+        texts = [m["content"] for r in rows for m in r["messages"]]
+        build_tiny(cache, texts, vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=2)
+    tokenizer = AutoTokenizer.from_pretrained(cache)
+    columns, _ = tokenize_chats(rows, tokenizer, max_length, "truncate")
+    return tokenizer, columns
+
+
+def make_model(device: str, cache: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    if device == "cpu":
+        return AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32, attn_implementation="sdpa")
+    config = Qwen2Config(**QWEN25_15B)
+    config._attn_implementation = "sdpa"
+    with torch.device("cuda"):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    return model
+
+
+def pack_rows(lengths, row_len: int, rng: random.Random):
+    """Best-fit-decreasing packing of samples into rows of row_len tokens (as TRL's bfd strategy)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows, space = [], []
+    for i in order:
+        fits = [r for r in range(len(rows)) if space[r] >= lengths[i]]
+        if fits:
+            best = min(fits, key=lambda r: space[r])
+            rows[best].append(i)
+            space[best] -= lengths[i]
+        else:
+            rows.append([i])
+            space.append(row_len - lengths[i])
+    rng.shuffle(rows)
+    return rows
+
+
+def batches_for(mode: str, lengths, batch: int, max_length: int, rng: random.Random):
+    from medgpt.batching import length_grouped_batches, random_batches, token_budget_batches
+
+    if mode in ("a_medicalgpt", "g_a_32x1024"):
+        return random_batches(len(lengths), 32 if mode == "g_a_32x1024" else batch, rng)
+    if mode == "b_group_len":
+        return length_grouped_batches(lengths, batch, rng)
+    if mode in ("c_default", "e_chunked"):
+        return token_budget_batches(lengths, batch * max_length, rng)
+    if mode == "f_big_chunked":
+        return token_budget_batches(lengths, 4 * batch * max_length, rng)
+    if mode == "h_e_32x1024":
+        return token_budget_batches(lengths, 32 * 1024, rng)
+    if mode == "d_packing":
+        rows = pack_rows(lengths, max_length, rng)
+        return [rows[i:i + batch] for i in range(0, len(rows), batch)]  # each item: a list of packed rows
+    raise ValueError(mode)
+
+
+def collate(mode: str, columns, batch_indices, pad_id: int, device: str):
+    import torch
+
+    from medgpt.batching import pad_collate
+
+    if mode != "d_packing":
+        examples = [{"input_ids": columns["input_ids"][i], "labels": columns["labels"][i]} for i in batch_indices]
+        out = pad_collate(examples, pad_id)
+        return {k: v.to(device) for k, v in out.items()}, int(out["attention_mask"].sum()), out["input_ids"].numel()
+    ids, labels, positions = [], [], []
+    for row in batch_indices:
+        ids.append([t for i in row for t in columns["input_ids"][i]])
+        labels.append([t for i in row for t in columns["labels"][i]])
+        positions.append([p for i in row for p in range(len(columns["input_ids"][i]))])
+    longest = max(map(len, ids))
+    real = sum(map(len, ids))
+    for seq, fill in ((ids, pad_id), (labels, -100), (positions, 0)):
+        for r in seq:
+            r += [fill] * (longest - len(r))
+    batch = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
+    return {k: v.to(device) for k, v in batch.items()}, real, longest * len(ids)
+
+
+def run_mode(mode: str, device: str, steps: int, warmup: int, batch: int, max_length: int, cache: Path) -> dict:
+    import torch
+
+    from medgpt.losses import causal_lm_chunked_forward
+
+    tokenizer, columns = build_tokenizer_and_data(max_length, cache)
+    lengths = [len(x) for x in columns["input_ids"]]
+    plan = batches_for(mode, lengths, batch, max_length, random.Random(0))
+    model = make_model(device, cache)
+    model.config.use_cache = False
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
+    chunked = mode in ("e_chunked", "f_big_chunked", "h_e_32x1024")
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    real_tokens = padded_tokens = 0
+    started = None
+    try:
+        for step in range(warmup + steps):
+            if step == warmup:
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                real_tokens = padded_tokens = 0
+            inputs, real, padded = collate(mode, columns, plan[step % len(plan)], tokenizer.pad_token_id, device)
+            if chunked:
+                loss = causal_lm_chunked_forward(model, inputs)
+            else:
+                loss = model(**inputs, use_cache=False).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            real_tokens += real
+            padded_tokens += padded
+        if device == "cuda":
+            torch.cuda.synchronize()
+    except torch.OutOfMemoryError:
+        return {"mode": mode, "oom": True, "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2 ** 30, 1)}
+    seconds = time.perf_counter() - started
+    peak = (torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"mode": mode, "oom": False, "tokens_per_s": real_tokens / seconds, "padding": 1 - real_tokens / padded_tokens,
+            "peak_memory_gb": round(peak, 2), "params": n_params, "final_loss": float(loss),
+            "steps": steps, "tokens": real_tokens}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--warmup", type=int)
+    parser.add_argument("--modes")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default=str(Path.home() / ".cache/medgpt/bench-tokenizer"))
+    args = parser.parse_args()
+    gpu = args.device == "cuda"
+    batch, max_length = (8, 1024) if gpu else (4, 512)
+    steps = args.steps or (30 if gpu else 20)
+    warmup = args.warmup or (5 if gpu else 2)
+    cache = Path(args.cache)
+    if args.child:  # one mode in a fresh process, so peak RSS is that mode's
+        print(json.dumps(run_mode(args.child, args.device, steps, warmup, batch, max_length, cache)))
+        return
+    default_modes = "a_medicalgpt,b_group_len,c_default,d_packing,e_chunked"
+    if gpu:
+        default_modes += ",f_big_chunked,h_e_32x1024,g_a_32x1024"
+    results = []
+    for mode in (args.modes or default_modes).split(","):
+        if gpu:
+            results.append(run_mode(mode, "cuda", steps, warmup, batch, max_length, cache))
+        else:
+            out = subprocess.run([sys.executable, __file__, "--child", mode, "--steps", str(steps), "--warmup",
+                                  str(warmup), "--cache", str(cache)], capture_output=True, text=True, check=True)
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    report(results, gpu, batch, max_length, steps)
+
+
+def report(results, gpu: bool, batch: int, max_length: int, steps: int):
+    import torch
+
+    by_mode = {r["mode"]: r for r in results}
+    base_a = by_mode.get("a_medicalgpt", {}).get("tokens_per_s")
+    base_b = by_mode.get("b_group_len", {}).get("tokens_per_s")
+    peak = None
+    if gpu:
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
+        print(f"device: {name}; MFU = 6 * N * tokens/s / {peak} TFLOP/s (dense bf16 spec), N = all parameters")
+    print(f"batch {batch} x max length {max_length}, {steps} timed steps per mode")
+    header = f"{'mode':<14} {'tok/s':>9} {'vs a':>6} {'vs b':>6} {'padding':>8} {'peak GB':>8}" + (
+        f" {'MFU':>6}" if gpu else "")
+    print(header)
+    print("-" * len(header))
+    final = []
+    for r in results:
+        if r.get("oom"):
+            print(f"{r['mode']:<14} {'OOM':>9} {'':>6} {'':>6} {'':>8} {r['peak_memory_gb']:>8}")
+            final.append(f"{r['mode']}=OOM")
+            continue
+        tps = r["tokens_per_s"]
+        line = (f"{r['mode']:<14} {tps:>9.0f} {tps / base_a if base_a else 0:>6.2f} "
+                f"{tps / base_b if base_b else 0:>6.2f} {r['padding']:>8.1%} {r['peak_memory_gb']:>8}")
+        if gpu and peak:
+            mfu = 6 * r["params"] * tps / (peak * 1e12)
+            line += f" {mfu:>6.1%}"
+            r["mfu"] = mfu
+        print(line)
+        final.append(f"{r['mode']}_tok_s={tps:.0f}")
+        if base_a:
+            final.append(f"{r['mode']}_vs_a={tps / base_a:.2f}")
+        if base_b:
+            final.append(f"{r['mode']}_vs_b={tps / base_b:.2f}")
+        final.append(f"{r['mode']}_padding={r['padding']:.3f}")
+    print(" ".join(final))
+
+
+if __name__ == "__main__":
+    main()
