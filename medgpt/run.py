@@ -123,6 +123,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from medgpt.models import load_model, load_tokenizer, set_generation_defaults
 
     timer = tracking.Timer()
+    _reset_peak_memory()  # jobs of a multirun share one process: each reports its own GPU peak
     config_class = check_trainer_args(cfg)
     hardware.check_method(cfg.hardware)
     stage = importlib.import_module(cfg.stage.module)
@@ -159,6 +160,14 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         _print_summary(run_dir, metrics, cfg.logger.name)
     tracking.finish_logger(cfg.logger, model_dir=final)
     return metrics
+
+
+def _reset_peak_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def _train_metrics(trainer, result) -> Dict[str, Any]:
