@@ -193,3 +193,11 @@ def test_sweep_folder_follows_medgpt_run_id(monkeypatch):
     monkeypatch.setenv("MEDGPT_RUN_ID", "lr-study-1")
     cfg = compose("output_root=out", return_hydra_config=True)
     assert cfg.hydra.sweep.dir == "out/multirun/lr-study-1"
+
+
+def test_progress_bar_only_for_long_loops():
+    from medgpt.tracking import progress
+
+    long_bar, short_bar = progress(list(range(5000)), "tokenize chats"), progress(list(range(10)), "tokenize chats")
+    assert long_bar.disable is False and short_bar.disable is True
+    long_bar.close()
