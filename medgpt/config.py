@@ -118,12 +118,13 @@ class RunConfig:
 
 
 def register_configs() -> None:
-    from medgpt.tracking import run_stamp
+    from medgpt.tracking import run_stamp, sweep_stamp
 
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
-    for name, fn in (("run_stamp", run_stamp), ("demo", demo_file), ("samples", sample_file)):
+    for name, fn in (("run_stamp", run_stamp), ("sweep_stamp", sweep_stamp), ("demo", demo_file),
+                     ("samples", sample_file)):
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn, use_cache=name == "run_stamp")
+            OmegaConf.register_new_resolver(name, fn, use_cache=name in ("run_stamp", "sweep_stamp"))
 
 
 def demo_file(name: str) -> str:

@@ -123,6 +123,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from medgpt.models import load_model, load_tokenizer, set_generation_defaults
 
     timer = tracking.Timer()
+    _reset_peak_memory()  # jobs of a multirun share one process: each reports its own GPU peak
     config_class = check_trainer_args(cfg)
     hardware.check_method(cfg.hardware)
     stage = importlib.import_module(cfg.stage.module)
@@ -136,7 +137,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     train_dataset, eval_dataset, data_report = prepare_datasets(cfg, stage, tokenizer)
     log.info("data: %s", data_report)
 
-    run_name = cfg.run_name or f"{run_dir.parent.name}/{run_dir.name}"
+    run_name = cfg.run_name or tracking.default_run_name(run_dir)
     logger_args = tracking.start_logger(cfg.logger, run_dir, run_name, resolved)
     args, precision = trainer_args(cfg, config_class, run_dir, logger_args)
     model = load_model(cfg.model, cfg.hardware, kind=stage.MODEL_KIND, precision=precision, tokenizer=tokenizer)
@@ -156,9 +157,17 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         metrics["runtime_s"] = timer.elapsed()
         tracking.write_json(run_dir / "history.json", {"log_history": trainer.state.log_history})
         tracking.write_json(run_dir / "metrics.json", metrics)
-        _print_summary(run_dir, metrics)
-    tracking.finish_logger(cfg.logger)
+        _print_summary(run_dir, metrics, cfg.logger.name)
+    tracking.finish_logger(cfg.logger, model_dir=final)
     return metrics
+
+
+def _reset_peak_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def _train_metrics(trainer, result) -> Dict[str, Any]:
@@ -199,16 +208,22 @@ def _save_final_extras(final: Path, cfg, model, tokenizer, set_generation_defaul
         "adapter": (final / "adapter_config.json").exists(), "trust_remote_code": cfg.model.trust_remote_code})
 
 
-def _print_summary(run_dir: Path, metrics: Dict[str, Any]) -> None:
+def _print_summary(run_dir: Path, metrics: Dict[str, Any], logger: str = "none") -> None:
+    """One screen at the end of a run: where it is, how it went, where it is logged, what to run next."""
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    where = tracking.wandb_location()
-    lines = [f"run folder   {run_dir}"]
-    for key in ("train_loss", "final_train_loss", "eval_loss", "global_step", "tokens_seen", "train_runtime"):
+    lines = [f"{'run folder':<17} {run_dir}", f"{'status':<17} {metrics.get('status')}"]
+    for key in ("train_loss", "final_train_loss", "eval_loss", "global_step", "tokens_seen", "tokens_per_second",
+                "train_runtime", "peak_memory_mb"):
         if metrics.get(key) is not None:
-            lines.append(f"{key:<12} {fmt(metrics[key])}")
+            lines.append(f"{key:<17} {fmt(metrics[key])}")
+    where = tracking.wandb_location()
     if where:
-        lines.append(f"wandb        {where}  (offline runs: wandb sync {Path(where).parent})")
-    lines.append(f"chat         python -m medgpt.chat {run_dir}")
-    print("\n".join(["", "=" * 60, *lines, "=" * 60]), flush=True)
+        lines.append(f"{'wandb':<17} {where}")
+        if not where.startswith("http"):  # offline: the folder to upload later
+            lines.append(f"{'':<17} upload: wandb sync {Path(where).parent}")
+    elif logger == "tensorboard":
+        lines.append(f"{'tensorboard':<17} tensorboard --logdir {run_dir / 'tensorboard'}")
+    lines.append(f"{'chat':<17} python -m medgpt.chat {run_dir}")
+    print("\n".join(["", "=" * 72, *lines, "=" * 72]), flush=True)

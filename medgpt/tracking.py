@@ -33,6 +33,52 @@ def run_stamp() -> str:
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")[:-3]
 
 
+def sweep_stamp() -> str:
+    """The multirun folder below <output_root>/multirun: <date>/<time>. Like run_stamp, every rank of one
+    torchrun launch (or every process given the same MEDGPT_RUN_ID) gets the same folder."""
+    if os.environ.get("MEDGPT_RUN_ID"):
+        return os.environ["MEDGPT_RUN_ID"]
+    started = _process_start(os.getppid()) if "LOCAL_RANK" in os.environ else None
+    return datetime.fromtimestamp(started or time.time()).strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def sweep_job() -> Optional[Dict[str, Any]]:
+    """In a Hydra multirun: the sweep folder, a W&B group named after it, the job number, its overrides and a
+    short job name made from the swept ones (e.g. `3 hardware=lora lora_r=16`). None in a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from medgpt.leaderboard import override_key, swept_keys
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hc = HydraConfig.get()
+    sweep_dir = Path(hc.sweep.dir)
+    overrides = list(hc.overrides.task)
+    swept = swept_keys(sweep_dir) | {override_key(k) for k in (hc.sweeper.get("params") or {})}
+    shown = [o for o in overrides if override_key(o.split("=", 1)[0]) in swept] or overrides
+    name = " ".join([str(hc.job.num)] + [f"{override_key(o.split('=', 1)[0]).rsplit('.', 1)[-1]}={o.split('=', 1)[1]}"
+                                          for o in shown if "=" in o])
+    parts = sweep_dir.parts  # <output_root>/multirun/<date>/<time> -> group "<date>/<time>"
+    below = parts[len(parts) - parts[::-1].index("multirun"):] if "multirun" in parts else ()
+    group = "/".join(below) or sweep_dir.name
+    return {"sweep_dir": str(sweep_dir), "group": group, "job_num": hc.job.num, "overrides": overrides,
+            "name": name}
+
+
+def default_run_name(run_dir: Path) -> str:
+    """W&B / trainer run name: the job name in a multirun, else <stage-model-hardware>/<stamp>."""
+    job = sweep_job()
+    return job["name"] if job else f"{run_dir.parent.name}/{run_dir.name}"
+
+
+def progress(items, desc: str, min_items: int = 2000):
+    """A progress bar over a long loop (data preparation); silent for short ones and when not on a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="rec", disable=len(items) < min_items, leave=False)
+
+
 def _process_start(pid: int) -> Optional[float]:
     try:
         ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
@@ -83,9 +129,13 @@ def start_logger(logger_cfg, run_dir: Path, run_name: str, config: dict) -> Dict
 
     mode = os.environ.get("WANDB_MODE", logger_cfg.mode)
     os.environ.setdefault("WANDB_SILENT", "true")
-    wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, name=run_name, group=logger_cfg.group,
+    job = sweep_job() or {}
+    # the composed config sits under its own key: the trainer's callback overwrites same-named top-level keys
+    wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, name=run_name,
+               group=logger_cfg.group or job.get("group"),
                tags=list(logger_cfg.tags) or None, notes=logger_cfg.notes, dir=str(run_dir), mode=mode,
-               config={"cfg": config, "run_dir": str(run_dir), **git_state()})
+               config={"cfg": config, "run_dir": str(run_dir), **git_state(),
+                       **{k: job[k] for k in ("sweep_dir", "job_num", "overrides") if k in job}})
     return {"report_to": ["wandb"], "run_name": run_name}
 
 
@@ -101,12 +151,19 @@ def wandb_location() -> Optional[str]:
         return None
 
 
-def finish_logger(logger_cfg, exit_code: int = 0) -> None:
+def finish_logger(logger_cfg, exit_code: int = 0, model_dir: Optional[Path] = None) -> None:
+    """Close the W&B run; with logger.log_model=true first log model_dir (the run's final/) as an artifact."""
     if logger_cfg.name == "wandb" and is_main_process():
         import wandb
 
-        if wandb.run is not None:
-            wandb.finish(exit_code=exit_code)
+        if wandb.run is None:
+            return
+        if logger_cfg.log_model and model_dir is not None and Path(model_dir).is_dir():
+            artifact = wandb.Artifact(f"model-{wandb.run.id}", type="model",
+                                      metadata={"run_dir": str(Path(model_dir).parent)})
+            artifact.add_dir(str(model_dir))
+            wandb.log_artifact(artifact, aliases=["final"])
+        wandb.finish(exit_code=exit_code)
 
 
 def write_json(path: Path, data: dict) -> None:

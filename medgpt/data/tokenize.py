@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Dict, List, Tuple
 
 from medgpt.errors import UserError
+from medgpt.tracking import progress
 
 IGNORE = -100
 OVERLONG = ("truncate", "drop", "error")
@@ -31,7 +32,7 @@ def tokenize_chats(rows: List[dict], tokenizer, max_length: int, overlong: str) 
         raise UserError(f"data.overlong={overlong}: use one of {', '.join(OVERLONG)}")
     columns: Dict[str, list] = {"input_ids": [], "labels": []}
     counts: Counter = Counter()
-    for i, row in enumerate(rows):
+    for i, row in enumerate(progress(rows, "tokenize chats")):
         ids, labels = chat_labels(tokenizer, row["messages"])
         if len(ids) > max_length:
             if overlong == "error":
@@ -55,7 +56,7 @@ def tokenize_blocks(rows: List[dict], tokenizer, block_size: int) -> Tuple[Dict[
     unless it is the only block."""
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
     stream: List[int] = []
-    for row in rows:
+    for row in progress(rows, "tokenize text"):
         stream += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [eos]
     n_full = len(stream) // block_size
     blocks = [stream[i * block_size:(i + 1) * block_size] for i in range(n_full)] or [stream]
