@@ -134,9 +134,13 @@ def run_mode(mode: str, device: str, steps: int, warmup: int, batch: int, max_le
 
     from medgpt.losses import causal_lm_chunked_forward
 
+    if device == "cpu":
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))  # 1 thread, as RECIPES.md's references
     tokenizer, columns = build_tokenizer_and_data(max_length, cache)
     lengths = [len(x) for x in columns["input_ids"]]
-    plan = batches_for(mode, lengths, batch, max_length, random.Random(0))
+    from medgpt.batching import BatchPlan
+
+    plan = list(BatchPlan(batches_for(mode, lengths, batch, max_length, random.Random(0)), seed=0))  # seeded order
     model = make_model(device, cache)
     model.config.use_cache = False
     model.train()
