@@ -141,12 +141,14 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     logger_args = tracking.start_logger(cfg.logger, run_dir, run_name, resolved)
     args, precision = trainer_args(cfg, config_class, run_dir, logger_args)
     model = load_model(cfg.model, cfg.hardware, kind=stage.MODEL_KIND, precision=precision, tokenizer=tokenizer)
+    timings: Dict[str, Any] = {}
     trainer = stage.build_trainer(cfg=cfg, model=model, tokenizer=tokenizer, args=args,
-                                  train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=[])
+                                  train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                  callbacks=[tracking.first_step_timer(timings)])
     result = trainer.train(resume_from_checkpoint=cfg.resume)
 
     metrics: Dict[str, Any] = {"status": "completed", "stage": cfg.stage.name, "model": cfg.model.name,
-                               "hardware": cfg.hardware.name, "run_dir": str(run_dir), **data_report}
+                               "hardware": cfg.hardware.name, "run_dir": str(run_dir), **data_report, **timings}
     metrics.update(_train_metrics(trainer, result))
     if eval_dataset is not None:
         metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})

@@ -89,6 +89,19 @@ def _process_start(pid: int) -> Optional[float]:
         return None
 
 
+def first_step_timer(record: dict):
+    """A trainer callback that writes seconds from process start to the end of the first training step."""
+    from transformers import TrainerCallback
+
+    started = _process_start(os.getpid()) or time.time()
+
+    class FirstStepTimer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            record.setdefault("seconds_to_first_step", round(time.time() - started, 2))
+
+    return FirstStepTimer()
+
+
 def git_state() -> Dict[str, Any]:
     root = Path(__file__).resolve().parent.parent
     try:
