@@ -10,6 +10,7 @@ batching / loss path differs):
   b_group_len    transformers' group_by_length batches (random megabatches sorted by length)
   c_default      medgpt's default: token-budget batches (rows x longest <= batch size x max length)
   d_packing      samples packed into max-length rows, positions restarting per sample (padding-free)
+  d_varlen       d_packing with medgpt's variable-length flash attention (GPU only; medgpt.attention)
   e_chunked      c_default + chunked loss (no full-vocabulary logits; medgpt.losses)
 GPU only:
   f_big_chunked  token budget 4x with the chunked loss (bigger steps fit in memory)
@@ -56,7 +57,7 @@ def build_tokenizer_and_data(max_length: int, cache: Path):
     return tokenizer, columns
 
 
-def make_model(device: str, cache: Path):
+def make_model(device: str, cache: Path, varlen: bool = False):
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -65,6 +66,11 @@ def make_model(device: str, cache: Path):
         return AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32, attn_implementation="sdpa")
     config = Qwen2Config(**QWEN25_15B)
     config._attn_implementation = "sdpa"
+    if varlen:
+        from medgpt.attention import NAME, register
+
+        register()
+        config._attn_implementation = NAME
     with torch.device("cuda"):
         model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     return model
@@ -100,7 +106,7 @@ def batches_for(mode: str, lengths, batch: int, max_length: int, rng: random.Ran
         return token_budget_batches(lengths, 4 * batch * max_length, rng)
     if mode == "h_e_32x1024":
         return token_budget_batches(lengths, 32 * 1024, rng)
-    if mode == "d_packing":
+    if mode in ("d_packing", "d_varlen"):
         rows = pack_rows(lengths, max_length, rng)
         return [rows[i:i + batch] for i in range(0, len(rows), batch)]  # each item: a list of packed rows
     raise ValueError(mode)
@@ -111,7 +117,7 @@ def collate(mode: str, columns, batch_indices, pad_id: int, device: str):
 
     from medgpt.batching import pad_collate
 
-    if mode != "d_packing":
+    if mode not in ("d_packing", "d_varlen"):
         examples = [{"input_ids": columns["input_ids"][i], "labels": columns["labels"][i]} for i in batch_indices]
         out = pad_collate(examples, pad_id)
         return {k: v.to(device) for k, v in out.items()}, int(out["attention_mask"].sum()), out["input_ids"].numel()
@@ -141,7 +147,7 @@ def run_mode(mode: str, device: str, steps: int, warmup: int, batch: int, max_le
     from medgpt.batching import BatchPlan
 
     plan = list(BatchPlan(batches_for(mode, lengths, batch, max_length, random.Random(0)), seed=0))  # seeded order
-    model = make_model(device, cache)
+    model = make_model(device, cache, varlen=mode == "d_varlen")
     model.config.use_cache = False
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
@@ -200,7 +206,7 @@ def main():
         return
     default_modes = "a_medicalgpt,b_group_len,c_default,d_packing,e_chunked"
     if gpu:
-        default_modes += ",f_big_chunked,h_e_32x1024,g_a_32x1024"
+        default_modes += ",d_varlen,f_big_chunked,h_e_32x1024,g_a_32x1024"
     results = []
     for mode in (args.modes or default_modes).split(","):
         if gpu:

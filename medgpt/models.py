@@ -74,6 +74,12 @@ def _check_cuda_features(model_cfg, hw) -> None:
 
     if hw.quantization and not torch.cuda.is_available():
         import bitsandbytes  # noqa: F401  (bitsandbytes >= 0.45 ships a CPU backend; only fail without it)
+    if model_cfg.attn_implementation == "medgpt_varlen":
+        if not torch.cuda.is_available():
+            raise UserError("model.attn_implementation=medgpt_varlen needs a CUDA GPU; use sdpa on a CPU")
+        from medgpt.attention import register
+
+        register()
     if model_cfg.attn_implementation == "flash_attention_2":
         if not torch.cuda.is_available():
             raise UserError("model.attn_implementation=flash_attention_2 needs a CUDA GPU; use sdpa (or hardware=cpu)")

@@ -1,0 +1,46 @@
+"""Variable-length attention for packed rows: one flash kernel over all samples of a packed batch, each sample
+attending only to itself, with no block-diagonal mask to build (sdpa pays for one over the whole row).
+Registered with transformers' attention interface as "medgpt_varlen"; needs CUDA (torch's varlen_attn, or
+flash-attn when installed).
+
+    python train.py stage.args.packing=true stage.args.padding_free=true model.attn_implementation=medgpt_varlen
+"""
+from __future__ import annotations
+
+import torch
+
+NAME = "medgpt_varlen"
+
+
+def cu_seqlens_from_positions(position_ids: torch.Tensor):
+    """Packed rows (positions restart at 0 per sample) -> cumulative sample starts over all rows, and the longest.
+    Each row is treated as its own run of samples, rows laid end to end."""
+    flat = position_ids.reshape(-1)
+    starts = torch.nonzero(flat == 0, as_tuple=False).flatten()
+    row_starts = torch.arange(0, flat.numel(), position_ids.shape[-1], device=flat.device)
+    starts = torch.unique(torch.cat([starts, row_starts]))
+    cu = torch.cat([starts, torch.tensor([flat.numel()], device=flat.device)]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
+
+
+def varlen_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """query/key/value (B, H, T, D) -> (B, T, H, D), causal within each packed sample."""
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None:
+        raise ValueError(f"attn_implementation={NAME} needs position_ids (packed rows); enable packing/padding_free")
+    from torch.nn.attention.varlen import varlen_attn
+
+    batch, heads, length, dim = query.shape
+    cu, longest = cu_seqlens_from_positions(position_ids)
+    q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
+    out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=(-1, 0),
+                      enable_gqa=k.shape[1] != heads)
+    return out.reshape(batch, length, heads, dim), None
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+    AttentionInterface.register(NAME, varlen_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, flash_attention_mask)
