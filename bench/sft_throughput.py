@@ -13,6 +13,7 @@ batching / loss path differs):
   d_varlen       d_packing with medgpt's variable-length flash attention (GPU only; medgpt.attention)
   e_chunked      c_default + chunked loss (no full-vocabulary logits; medgpt.losses)
 GPU only:
+  i_best         packing into 4x as many rows, varlen attention, chunked loss, torch.compile
   f_big_chunked  token budget 4x with the chunked loss (bigger steps fit in memory)
   g_a_32x1024    a_medicalgpt at batch 32 x 1024 (MedicalGPT OOMs there on an H200)
   h_e_32x1024    e_chunked at a 32 x 1024 token budget
@@ -76,6 +77,11 @@ def make_model(device: str, cache: Path, varlen: bool = False):
     return model
 
 
+PACKED_MODES = ("d_packing", "d_varlen", "i_best")
+VARLEN_MODES = ("d_varlen", "i_best")
+CHUNKED_MODES = ("e_chunked", "f_big_chunked", "h_e_32x1024", "i_best")
+
+
 def pack_rows(lengths, row_len: int, rng: random.Random):
     """Best-fit-decreasing packing of samples into rows of row_len tokens (as TRL's bfd strategy)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -106,9 +112,10 @@ def batches_for(mode: str, lengths, batch: int, max_length: int, rng: random.Ran
         return token_budget_batches(lengths, 4 * batch * max_length, rng)
     if mode == "h_e_32x1024":
         return token_budget_batches(lengths, 32 * 1024, rng)
-    if mode in ("d_packing", "d_varlen"):
+    if mode in PACKED_MODES:
         rows = pack_rows(lengths, max_length, rng)
-        return [rows[i:i + batch] for i in range(0, len(rows), batch)]  # each item: a list of packed rows
+        per_step = 4 * batch if mode == "i_best" else batch
+        return [rows[i:i + per_step] for i in range(0, len(rows), per_step)]  # each item: a list of packed rows
     raise ValueError(mode)
 
 
@@ -117,7 +124,7 @@ def collate(mode: str, columns, batch_indices, pad_id: int, device: str):
 
     from medgpt.batching import pad_collate
 
-    if mode not in ("d_packing", "d_varlen"):
+    if mode not in PACKED_MODES:
         examples = [{"input_ids": columns["input_ids"][i], "labels": columns["labels"][i]} for i in batch_indices]
         out = pad_collate(examples, pad_id)
         return {k: v.to(device) for k, v in out.items()}, int(out["attention_mask"].sum()), out["input_ids"].numel()
@@ -132,7 +139,13 @@ def collate(mode: str, columns, batch_indices, pad_id: int, device: str):
         for r in seq:
             r += [fill] * (longest - len(r))
     batch = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
-    return {k: v.to(device) for k, v in batch.items()}, real, longest * len(ids)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    if mode in VARLEN_MODES:
+        from medgpt.attention import cu_seqlens_from_positions
+
+        cu, most = cu_seqlens_from_positions(torch.tensor(positions))
+        batch.update(cu_seq_lens_q=cu.to(device), cu_seq_lens_k=cu.to(device), max_length_q=most, max_length_k=most)
+    return batch, real, longest * len(ids)
 
 
 def run_mode(mode: str, device: str, steps: int, warmup: int, batch: int, max_length: int, cache: Path) -> dict:
@@ -147,11 +160,14 @@ def run_mode(mode: str, device: str, steps: int, warmup: int, batch: int, max_le
     from medgpt.batching import BatchPlan
 
     plan = list(BatchPlan(batches_for(mode, lengths, batch, max_length, random.Random(0)), seed=0))  # seeded order
-    model = make_model(device, cache, varlen=mode == "d_varlen")
+    model = make_model(device, cache, varlen=mode in VARLEN_MODES)
     model.config.use_cache = False
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
-    chunked = mode in ("e_chunked", "f_big_chunked", "h_e_32x1024")
+    chunked = mode in CHUNKED_MODES
+    forward_model = model
+    if mode == "i_best":  # the decoder body compiled (fixed packed-row shapes); the chunked loss stays eager
+        model.model = torch.compile(model.model)
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -166,9 +182,9 @@ def run_mode(mode: str, device: str, steps: int, warmup: int, batch: int, max_le
                 real_tokens = padded_tokens = 0
             inputs, real, padded = collate(mode, columns, plan[step % len(plan)], tokenizer.pad_token_id, device)
             if chunked:
-                loss = causal_lm_chunked_forward(model, inputs)
+                loss = causal_lm_chunked_forward(forward_model, inputs)
             else:
-                loss = model(**inputs, use_cache=False).loss
+                loss = forward_model(**inputs, use_cache=False).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -206,11 +222,17 @@ def main():
         return
     default_modes = "a_medicalgpt,b_group_len,c_default,d_packing,e_chunked"
     if gpu:
-        default_modes += ",d_varlen,f_big_chunked,h_e_32x1024,g_a_32x1024"
+        default_modes += ",d_varlen,f_big_chunked,i_best,h_e_32x1024,g_a_32x1024"
     results = []
     for mode in (args.modes or default_modes).split(","):
         if gpu:
-            results.append(run_mode(mode, "cuda", steps, warmup, batch, max_length, cache))
+            try:
+                results.append(run_mode(mode, "cuda", steps, warmup, batch, max_length, cache))
+            except Exception as e:  # one broken option must not hide the others' numbers
+                import traceback
+
+                traceback.print_exc()
+                results.append({"mode": mode, "oom": True, "peak_memory_gb": f"error: {type(e).__name__}"})
         else:
             out = subprocess.run([sys.executable, __file__, "--child", mode, "--steps", str(steps), "--warmup",
                                   str(warmup), "--cache", str(cache)], capture_output=True, text=True, check=True)

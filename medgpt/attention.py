@@ -25,13 +25,15 @@ def cu_seqlens_from_positions(position_ids: torch.Tensor):
 
 def varlen_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """query/key/value (B, H, T, D) -> (B, T, H, D), causal within each packed sample."""
-    position_ids = kwargs.get("position_ids")
-    if position_ids is None:
-        raise ValueError(f"attn_implementation={NAME} needs position_ids (packed rows); enable packing/padding_free")
     from torch.nn.attention.varlen import varlen_attn
 
     batch, heads, length, dim = query.shape
-    cu, longest = cu_seqlens_from_positions(position_ids)
+    if kwargs.get("cu_seq_lens_q") is not None:  # given by the collator: no host sync in every layer
+        cu, longest = kwargs["cu_seq_lens_q"], kwargs["max_length_q"]
+    elif kwargs.get("position_ids") is not None:
+        cu, longest = cu_seqlens_from_positions(kwargs["position_ids"])
+    else:
+        raise ValueError(f"attn_implementation={NAME} needs position_ids (packed rows); enable packing/padding_free")
     q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
     out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=(-1, 0),
                       enable_gqa=k.shape[1] != heads)

@@ -38,7 +38,7 @@ def causal_lm_chunked_forward(model, inputs: dict, num_items_in_batch=None) -> t
     """Run the decoder body of a causal LM (plain, PEFT- or DDP-wrapped) and return the chunked loss."""
     inner = getattr(model, "module", model)
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    body_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    body_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     hidden = inner.model(**body_inputs, use_cache=False).last_hidden_state
     num_items = int(num_items_in_batch) if num_items_in_batch is not None else None
     return chunked_lm_loss(hidden, inner.lm_head.weight, inputs["labels"], num_items)
