@@ -13,10 +13,11 @@ batching / loss path differs):
   d_varlen       d_packing with medgpt's variable-length flash attention (GPU only; medgpt.attention)
   e_chunked      c_default + chunked loss (no full-vocabulary logits; medgpt.losses)
 GPU only:
-  i_best         packing into 4x as many rows, varlen attention, chunked loss, torch.compile
-  f_big_chunked  token budget 4x with the chunked loss (bigger steps fit in memory)
+  j_compiled     d_varlen with the decoder body torch.compile'd (packed rows have fixed shapes)
+  i_best         packing into 4x as many rows, varlen attention, chunked loss, activation checkpointing
+  f_big_chunked  token budget 4x with the chunked loss and activation checkpointing
   g_a_32x1024    a_medicalgpt at batch 32 x 1024 (MedicalGPT OOMs there on an H200)
-  h_e_32x1024    e_chunked at a 32 x 1024 token budget
+  h_e_32x1024    e_chunked at a 32 x 1024 token budget, with activation checkpointing
 """
 from __future__ import annotations
 
@@ -77,8 +78,9 @@ def make_model(device: str, cache: Path, varlen: bool = False):
     return model
 
 
-PACKED_MODES = ("d_packing", "d_varlen", "i_best")
-VARLEN_MODES = ("d_varlen", "i_best")
+PACKED_MODES = ("d_packing", "d_varlen", "i_best", "j_compiled")
+VARLEN_MODES = ("d_varlen", "i_best", "j_compiled")
+CHECKPOINTED_MODES = ("f_big_chunked", "h_e_32x1024", "i_best")
 CHUNKED_MODES = ("e_chunked", "f_big_chunked", "h_e_32x1024", "i_best")
 
 
@@ -166,8 +168,10 @@ def run_mode(mode: str, device: str, steps: int, warmup: int, batch: int, max_le
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
     chunked = mode in CHUNKED_MODES
     forward_model = model
-    if mode == "i_best":  # the decoder body compiled (fixed packed-row shapes); the chunked loss stays eager
-        model.model = torch.compile(model.model)
+    if mode == "j_compiled":  # fixed packed-row shapes: compile once
+        forward_model = torch.compile(model)
+    if mode in CHECKPOINTED_MODES:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -222,7 +226,7 @@ def main():
         return
     default_modes = "a_medicalgpt,b_group_len,c_default,d_packing,e_chunked"
     if gpu:
-        default_modes += ",d_varlen,f_big_chunked,i_best,h_e_32x1024,g_a_32x1024"
+        default_modes += ",d_varlen,j_compiled,f_big_chunked,i_best,h_e_32x1024,g_a_32x1024"
     results = []
     for mode in (args.modes or default_modes).split(","):
         if gpu:

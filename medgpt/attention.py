@@ -35,8 +35,9 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     else:
         raise ValueError(f"attn_implementation={NAME} needs position_ids (packed rows); enable packing/padding_free")
     q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
-    out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=(-1, 0),
-                      enable_gqa=k.shape[1] != heads)
+    if k.shape[1] != heads:  # grouped-query attention: share each key/value head across its query heads
+        k, v = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (k, v))
+    out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=(-1, 0))
     return out.reshape(batch, length, heads, dim), None
 
 
