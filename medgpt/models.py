@@ -87,7 +87,7 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from medgpt import hardware
+    from medgpt import hardware, longcontext
 
     _check_cuda_features(model_cfg, hw)
     path = resolve_path(model_cfg.path, model_cfg.tiny)
@@ -102,8 +102,7 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": _local_device()}
-    if model_cfg.rope_scaling:
-        kwargs["rope_scaling"] = dict(model_cfg.rope_scaling)
+    kwargs.update(longcontext.load_kwargs(model_cfg, base or path))  # rope scaling, S²-Attn
     auto = AutoModelForSequenceClassification if kind == "reward" else AutoModelForCausalLM
     if kind == "reward":
         kwargs["num_labels"] = 1
