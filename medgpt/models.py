@@ -124,6 +124,10 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
         log.info("freeze: %d trainable parameters", n)
     lora = hardware.lora_config(hw, model_cfg.lora_target_modules,
                                 task_type="SEQ_CLS" if kind == "reward" else "CAUSAL_LM")
+    if lora is not None:
+        from medgpt.vocab import configure_lora
+
+        configure_lora(lora, base or path)  # an extended vocabulary's new embedding rows must train
     if lora is not None and not _is_peft(model):
         from peft import get_peft_model
 
