@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from medgpt.errors import UserError
-from medgpt.templates import end_of_turn, load_template
+from medgpt.templates import end_of_turn, load_template, stop_tokens
 
 log = logging.getLogger(__name__)
 ADAPTER_FILE = "adapter_config.json"
@@ -160,10 +160,11 @@ def _attach_adapter(model, adapter_path: str, merge: bool):
 
 def set_generation_defaults(model, tokenizer, template: str) -> None:
     """Generation stops on the template's end-of-turn token (and the tokenizer's EOS)."""
-    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn(template))
+    vocab = tokenizer.get_vocab()
+    eot_ids = [vocab[token] for token in stop_tokens(template) if token in vocab]
     config = model.generation_config
-    stop = [eot_id] + [i for i in ([config.eos_token_id] if isinstance(config.eos_token_id, int)
-                                   else (config.eos_token_id or [])) if i != eot_id]
+    stop = eot_ids + [i for i in ([config.eos_token_id] if isinstance(config.eos_token_id, int)
+                                  else (config.eos_token_id or [])) if i not in eot_ids]
     config.eos_token_id = stop if len(stop) > 1 else stop[0]
     config.pad_token_id = tokenizer.pad_token_id
 

@@ -10,7 +10,7 @@ import copy
 import jinja2
 import pytest
 
-from medgpt.templates import END_OF_TURN, TOOL_TEMPLATES, available, load_template
+from medgpt.templates import END_OF_TURN, EXTRA_STOPS, TOOL_TEMPLATES, available, load_template
 
 S = "You are a careful medical assistant."
 Q1, A1 = "What is a fever?", "A body temperature above 38 °C."
@@ -84,6 +84,7 @@ def family_tokenizer(tiny_tokenizer):
     """The tiny tokenizer plus every family's special tokens, so ids and masks can be checked token by token."""
     tok = copy.deepcopy(tiny_tokenizer)
     specials = set(END_OF_TURN.values()) | {b for b, _, _ in GOLDEN.values() if b}
+    specials |= {token for extra in EXTRA_STOPS.values() for token in extra}
     tok.add_special_tokens({"additional_special_tokens": sorted(specials - set(tok.get_vocab()))})
     return tok
 
@@ -183,3 +184,19 @@ def test_templates_without_tools_refuse_tool_turns(family_tokenizer, name):
         render(family_tokenizer, name, TOOL_CHAT)
     with pytest.raises(jinja2.exceptions.TemplateError, match="no tool-call format"):
         render(family_tokenizer, name, CHAT, tools=TOOLS)
+
+
+@pytest.mark.parametrize("name", ["chatglm3", "llama3"])
+def test_generation_stops_on_every_end_of_turn_token(family_tokenizer, name):
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    from medgpt.models import set_generation_defaults
+    from medgpt.templates import stop_tokens
+
+    model = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=family_tokenizer.pad_token_id))
+    set_generation_defaults(model, family_tokenizer, name)
+    expected = [family_tokenizer.convert_tokens_to_ids(t) for t in stop_tokens(name)]
+    assert model.generation_config.eos_token_id == expected + [family_tokenizer.pad_token_id]
+    assert len(set(expected)) == (2 if name == "chatglm3" else 1) and family_tokenizer.unk_token_id not in expected

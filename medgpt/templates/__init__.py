@@ -34,6 +34,8 @@ END_OF_TURN = {
     "xverse": "<|endoftext|>",
     "yi": "<|im_end|>",
 }
+# Further tokens that end an assistant turn (generation stops on them too).
+EXTRA_STOPS = {"chatglm3": ["<|observation|>"]}  # ChatGLM3 ends a tool call with <|observation|>
 # Templates that render function_call / observation turns and a tools list; the others raise a clear error.
 TOOL_TEMPLATES = ("chatml", "qwen", "qwen3", "qwen3_nothink", "llama3", "chatglm3")
 
@@ -51,3 +53,8 @@ def load_template(name: str) -> str:
 
 def end_of_turn(name: str) -> str:
     return END_OF_TURN[name]
+
+
+def stop_tokens(name: str) -> list:
+    """Every token that ends an assistant turn of this template: its end-of-turn token first."""
+    return [END_OF_TURN[name], *EXTRA_STOPS.get(name, [])]
