@@ -200,3 +200,13 @@ def test_generation_stops_on_every_end_of_turn_token(family_tokenizer, name):
     expected = [family_tokenizer.convert_tokens_to_ids(t) for t in stop_tokens(name)]
     assert model.generation_config.eos_token_id == expected + [family_tokenizer.pad_token_id]
     assert len(set(expected)) == (2 if name == "chatglm3" else 1) and family_tokenizer.unk_token_id not in expected
+
+
+def test_tool_turns_with_a_template_without_tools_is_a_user_error(family_tokenizer):
+    from medgpt.data.tokenize import chat_labels
+    from medgpt.errors import UserError
+
+    tok = copy.deepcopy(family_tokenizer)
+    tok.chat_template = load_template("llama2")
+    with pytest.raises(UserError, match="template llama2 has no tool-call format; use qwen"):
+        chat_labels(tok, TOOL_CHAT)
