@@ -31,7 +31,7 @@ class ModelConfig:
     max_length: int = 2048
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2 | None (library default)
-    rope_scaling: Optional[Dict[str, Any]] = None
+    rope_scaling: Dict[str, Any] = field(default_factory=dict)  # {type: linear|dynamic|yarn, factor: <n>|auto}
     adapter_merge: bool = False  # when path is a LoRA adapter: merge it into the base before training
     family: Optional[str] = None
     tiny: Optional[Dict[str, Any]] = None  # shape of the embedded model (model=tiny only)
@@ -148,7 +148,8 @@ def normalize_overrides(overrides: List[str]) -> List[str]:
     out = []
     for item in overrides:
         key = item.split("=", 1)[0]
-        if "=" in item and key.startswith(OPEN_NODES) and not key.startswith(("+", "~")):
+        is_open = key.startswith(OPEN_NODES) or key + "." in OPEN_NODES  # a whole open node: model.rope_scaling={..}
+        if "=" in item and is_open and not key.startswith(("+", "~")):
             item = "++" + item
         out.append(item)
     return out

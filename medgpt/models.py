@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from medgpt.errors import UserError
-from medgpt.templates import end_of_turn, load_template
+from medgpt.templates import end_of_turn, load_template, stop_tokens
 
 log = logging.getLogger(__name__)
 ADAPTER_FILE = "adapter_config.json"
@@ -93,7 +93,7 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from medgpt import hardware
+    from medgpt import hardware, longcontext
 
     _check_cuda_features(model_cfg, hw)
     path = resolve_path(model_cfg.path, model_cfg.tiny)
@@ -108,8 +108,7 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": _local_device()}
-    if model_cfg.rope_scaling:
-        kwargs["rope_scaling"] = dict(model_cfg.rope_scaling)
+    kwargs.update(longcontext.load_kwargs(model_cfg, base or path))  # rope scaling, S²-Attn
     auto = AutoModelForSequenceClassification if kind == "reward" else AutoModelForCausalLM
     if kind == "reward":
         kwargs["num_labels"] = 1
@@ -131,6 +130,10 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
         log.info("freeze: %d trainable parameters", n)
     lora = hardware.lora_config(hw, model_cfg.lora_target_modules,
                                 task_type="SEQ_CLS" if kind == "reward" else "CAUSAL_LM")
+    if lora is not None:
+        from medgpt.vocab import configure_lora
+
+        configure_lora(lora, base or path)  # an extended vocabulary's new embedding rows must train
     if lora is not None and not _is_peft(model):
         from peft import get_peft_model
 
@@ -163,10 +166,11 @@ def _attach_adapter(model, adapter_path: str, merge: bool):
 
 def set_generation_defaults(model, tokenizer, template: str) -> None:
     """Generation stops on the template's end-of-turn token (and the tokenizer's EOS)."""
-    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn(template))
+    vocab = tokenizer.get_vocab()
+    eot_ids = [vocab[token] for token in stop_tokens(template) if token in vocab]
     config = model.generation_config
-    stop = [eot_id] + [i for i in ([config.eos_token_id] if isinstance(config.eos_token_id, int)
-                                   else (config.eos_token_id or [])) if i != eot_id]
+    stop = eot_ids + [i for i in ([config.eos_token_id] if isinstance(config.eos_token_id, int)
+                                  else (config.eos_token_id or [])) if i not in eot_ids]
     config.eos_token_id = stop if len(stop) > 1 else stop[0]
     config.pad_token_id = tokenizer.pad_token_id
 

@@ -18,7 +18,13 @@ OVERLONG = ("truncate", "drop", "error")
 
 
 def chat_labels(tokenizer, messages: List[dict]) -> Tuple[List[int], List[int]]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    from jinja2.exceptions import TemplateError
+
+    try:
+        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+    except TemplateError as e:  # raised by our templates, e.g. tool turns for a template without tools
+        raise UserError(f"chat template: {e}") from None
     ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
     if not any(mask):
         raise UserError("the chat template marks no assistant tokens: it needs {% generation %} blocks around "
