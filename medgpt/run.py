@@ -97,10 +97,14 @@ def trainer_args(cfg: DictConfig, config_class, run_dir: Path, logger_args: dict
 
     device = hardware.device_info()
     precision = hardware.resolve_precision(cfg.hardware.precision, device)
+    deepspeed = hardware.deepspeed_config(cfg.hardware.deepspeed, precision)
+    if deepspeed is not None and not device["cuda"]:
+        _init_cpu_deepspeed()
     derived = {
         **hardware.precision_args(cfg.hardware.precision, device),
+        **({"ddp_backend": "gloo"} if not device["cuda"] and tracking.world_size() > 1 else {}),
         "gradient_checkpointing": cfg.hardware.gradient_checkpointing,
-        "deepspeed": hardware.deepspeed_config(cfg.hardware.deepspeed, precision),
+        "deepspeed": deepspeed,
         "seed": cfg.seed, "data_seed": cfg.seed,
         "output_dir": str(run_dir / "checkpoints"),
         "logging_dir": str(run_dir / "tensorboard"),
@@ -116,6 +120,22 @@ def trainer_args(cfg: DictConfig, config_class, run_dir: Path, logger_args: dict
     return instantiate(cfg.stage.args, _convert_="all", **{k: v for k, v in kwargs.items() if k in known}), precision
 
 
+def _init_cpu_deepspeed() -> None:
+    """DeepSpeed on CPU: gloo, initialised before the training args (else ranks disagree on the world size); a
+    plain `python train.py` gets the single-process rendezvous variables DeepSpeed would look for in MPI."""
+    import os
+    import socket
+
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    deepspeed.init_distributed(dist_backend="gloo")
+
+
 def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     import transformers
 
@@ -124,7 +144,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
     timer = tracking.Timer()
     config_class = check_trainer_args(cfg)
-    hardware.check_method(cfg.hardware)
+    hardware.check_hardware(cfg)
     stage = importlib.import_module(cfg.stage.module)
     resolved = to_container(cfg)
     if tracking.is_main_process():
@@ -139,6 +159,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     run_name = cfg.run_name or f"{run_dir.parent.name}/{run_dir.name}"
     logger_args = tracking.start_logger(cfg.logger, run_dir, run_name, resolved)
     args, precision = trainer_args(cfg, config_class, run_dir, logger_args)
+    from medgpt.estimate import warn_if_too_large
+
+    warn_if_too_large(cfg, args)
     model = load_model(cfg.model, cfg.hardware, kind=stage.MODEL_KIND, precision=precision, tokenizer=tokenizer)
     trainer = stage.build_trainer(cfg=cfg, model=model, tokenizer=tokenizer, args=args,
                                   train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=[])
@@ -196,7 +219,8 @@ def _save_final_extras(final: Path, cfg, model, tokenizer, set_generation_defaul
     tracking.write_json(final / RUN_INFO, {
         "template": cfg.model.template, "stage": cfg.stage.name, "model": cfg.model.name,
         "base_model": adapter_base(str(final)), "source": adapter_base(source) or source,
-        "adapter": (final / "adapter_config.json").exists(), "trust_remote_code": cfg.model.trust_remote_code})
+        "adapter": (final / "adapter_config.json").exists(), "trust_remote_code": cfg.model.trust_remote_code,
+        "quantization": cfg.hardware.quantization})
 
 
 def _print_summary(run_dir: Path, metrics: Dict[str, Any]) -> None:

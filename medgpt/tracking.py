@@ -21,6 +21,10 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def run_stamp() -> str:
     """The run folder's time stamp. Every rank of one torchrun launch gets the same one: MEDGPT_RUN_ID when set
     (multi-node), else the start time of the launcher process that all local ranks share."""
