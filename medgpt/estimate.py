@@ -319,8 +319,9 @@ def table_rows() -> List[tuple]:
     """(method, model, table GB, our GB) for every cell of MedicalGPT's VRAM table."""
     rows = []
     for method, sizes in MEDICALGPT_TABLE.items():
+        cfg = compose(TABLE_HARDWARE[method])
         for name, expected in sizes.items():
-            cfg = compose([f"model.name={name}", *TABLE_HARDWARE[method]])
+            cfg.model.name = name
             est = estimate_run(cfg, seq=TABLE_SEQ, batch=TABLE_BATCH, gpus=1, precision="bf16")
             rows.append((method, name, expected, est.total / GB))
     return rows

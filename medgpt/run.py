@@ -41,6 +41,9 @@ def is_multirun() -> bool:
 def main(cfg: DictConfig) -> Optional[float]:
     """Hydra task: train, and turn failures into a recorded status. User errors print one line, no traceback.
     Returns cfg.objective's value so Hydra sweepers (optuna) can minimise it."""
+    from medgpt.cluster import export_submitit_ranks
+
+    export_submitit_ranks()  # a SLURM job of N tasks (hydra/launcher=slurm): one rank per task
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     timer = tracking.Timer()
@@ -192,7 +195,9 @@ def _train_metrics(trainer, result) -> Dict[str, Any]:
     out = {"train_loss": result.training_loss, "final_train_loss": losses[-1] if losses else None,
            "first_train_loss": losses[0] if losses else None, "global_step": trainer.state.global_step,
            "train_runtime": result.metrics.get("train_runtime"),
-           "tokens_seen": int(trainer.state.num_input_tokens_seen or 0)}
+           "tokens_seen": int(trainer.state.num_input_tokens_seen or 0), "world_size": trainer.args.world_size,
+           "global_batch_size": trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+           * trainer.args.world_size}
     runtime = out["train_runtime"] or 0
     out["tokens_per_second"] = round(out["tokens_seen"] / runtime, 2) if runtime else None
     if torch.cuda.is_available():
