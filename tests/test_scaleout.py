@@ -203,3 +203,49 @@ def test_torchrun_two_processes_dpo_matches_one_process(tmp_path):
     run_dir = torchrun(tmp_path / "two", "stage=dpo", "logger=none", *STEPS,
                        "stage.args.per_device_train_batch_size=2")
     compare_with_one_process(tmp_path, run_dir, "stage=dpo")
+
+
+# ---- GPU only (skipped without CUDA): run by bench/gpu_check_deepspeed.sh on a lent GPU -------------------------
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+GPU_STEPS = ("stage.args.max_steps=3", "stage.args.logging_steps=1", "data.eval_split=0",
+             "stage.args.per_device_train_batch_size=2", "logger=none")
+
+
+@pytest.mark.parametrize("overrides", [
+    ("hardware=full", "hardware/deepspeed=zero3"),  # bf16 ZeRO-3, consolidated 16-bit save
+    ("hardware=lora", "hardware/deepspeed=zero2"),
+    ("hardware=qlora4", "hardware/deepspeed=zero2"),  # QLoRA's DeepSpeed route (ZeRO-3 is refused at check time)
+], ids=["full-zero3", "lora-zero2", "qlora4-zero2"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_gpu_deepspeed_trains_and_final_loads_without_it(tmp_path, overrides):
+    import torch
+
+    from medgpt.models import load_for_inference
+
+    run_dir = torchrun(tmp_path, *overrides, *GPU_STEPS, nproc=1)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["global_step"] == 3
+    assert all(map(lambda x: x == x, losses(run_dir)))  # finite losses
+    ds = json.loads((run_dir / "deepspeed.json").read_text())
+    assert ds["bf16"]["enabled"] == torch.cuda.is_bf16_supported()
+    model, tokenizer, _ = load_for_inference(str(run_dir / "final"), device_map="cuda:0")
+    ids = torch.tensor([tokenizer.encode("fever and cough")], device="cuda:0")
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits.float()).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_gpu_flash_attention_without_the_package_fails_clearly(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(UserError, match="pip install flash-attn"):
+        train_in_process(tmp_path, "hardware=full", "model.attn_implementation=flash_attention_2", *GPU_STEPS)
