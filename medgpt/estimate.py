@@ -115,8 +115,6 @@ def config_from_shape(shape: dict):
 
 def model_config(model_cfg):
     """The transformers config of model_cfg without loading weights: local folder, SHAPES, or the HF cache."""
-    from pathlib import Path
-
     from transformers import AutoConfig
 
     from medgpt.models import adapter_base, resolve_path
@@ -126,8 +124,7 @@ def model_config(model_cfg):
     path = resolve_path(model_cfg.path, model_cfg.get("tiny"))
     path = adapter_base(path) or path
     try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code,
-                                          local_files_only=not Path(path).exists() or None)
+        return AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code, local_files_only=True)
     except (OSError, ValueError) as e:
         raise UserError(f"no config for model {model_cfg.name} ({path}) offline: {str(e).splitlines()[0]}. Add its "
                         f"shape to medgpt.estimate.SHAPES or point model.path at a folder with config.json") from None

@@ -189,8 +189,7 @@ def test_torchrun_two_processes_deepspeed_zero3_on_cpu(tmp_path):
                        "stage.args.per_device_train_batch_size=2")
     ds = json.loads((run_dir / "deepspeed.json").read_text())
     assert ds["zero_optimization"]["stage"] == 3 and ds["train_micro_batch_size_per_gpu"] == "auto"
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["world_size"] == 2 and metrics["global_batch_size"] == 4
+    compare_with_one_process(tmp_path, run_dir)  # sharded training, same losses as one plain process
     weights = load_file(run_dir / "final" / "model.safetensors")
     assert all(t.numel() > 0 for t in weights.values())  # gathered 16-bit weights, not empty ZeRO-3 shards
     model = AutoModelForCausalLM.from_pretrained(run_dir / "final")
