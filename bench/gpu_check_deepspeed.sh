@@ -20,11 +20,12 @@ grep -qE "^(FAILED|ERROR)" "$OUT/pytest.log" && { status=1; tail -60 "$OUT/pytes
 python train.py hardware=qlora4 hardware/deepspeed=zero3 logger=none output_root="$OUT" > "$OUT/qz3.log" 2>&1
 rc=$?; grep -q "ZeRO-3 is not supported" "$OUT/qz3.log" && [ $rc -eq 2 ]; report "qlora4 + zero3 refused at check time (exit $rc)" $?
 
-# estimate vs measured peak on a 0.5B-shaped random model, full fine-tuning, bf16, batch 4 x 512 tokens
-SHAPE='model.tiny={hidden_size:896,intermediate_size:4864,num_hidden_layers:24,num_attention_heads:14,num_key_value_heads:2,vocab_size:1024}'
-python -m medgpt.estimate "$SHAPE" hardware=full hardware.gradient_checkpointing=false --batch 4 --seq 512 \
+# estimate vs measured peak on a ~180M-parameter (Qwen2-0.5B width, 12 layers) random model, full fine-tuning, bf16, batch 4 x 512 tokens
+SHAPE=(model.tiny.hidden_size=896 model.tiny.intermediate_size=4864 model.tiny.num_hidden_layers=12
+       model.tiny.num_attention_heads=14 model.tiny.num_key_value_heads=2)
+python -m medgpt.estimate "${SHAPE[@]}" hardware=full hardware.gradient_checkpointing=false --batch 4 --seq 512 \
     | tee "$OUT/estimate.txt"
-python train.py "$SHAPE" hardware=full hardware.gradient_checkpointing=false logger=none output_root="$OUT" \
+python train.py "${SHAPE[@]}" hardware=full hardware.gradient_checkpointing=false logger=none output_root="$OUT" \
     stage.args.max_steps=5 stage.args.per_device_train_batch_size=4 data.max_length=512 data.eval_split=0 \
     > "$OUT/peak.log" 2>&1
 report "full bf16 run for the peak-memory comparison" $?
