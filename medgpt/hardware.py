@@ -1,6 +1,8 @@
-"""Pure functions: hardware config -> precision args, BitsAndBytesConfig, LoraConfig, DeepSpeed dict, freezing.
+"""Pure functions: hardware config -> precision args, BitsAndBytesConfig, LoraConfig, DeepSpeed dict, freezing,
+and the checks that refuse impossible combinations before any data or model is loaded.
 
-    python train.py hardware=qlora4 --cfg job      # see what a hardware choice composes to
+    python train.py hardware=qlora4 --cfg job                          # see what a hardware choice composes to
+    python train.py hardware=full hardware/deepspeed=zero3 --cfg job   # ... with a DeepSpeed stage
 """
 from __future__ import annotations
 
@@ -52,6 +54,64 @@ def check_method(hw) -> None:
                         f"(QLoRA) or drop the quantization")
 
 
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention",
+             "medgpt_varlen",  # varlen flash attention over packed rows (medgpt.attention), CUDA only
+             "s2attn")  # LongLoRA shifted sparse attention, training only (medgpt.longcontext)
+
+
+def check_attention(attn_implementation: Optional[str], device: Dict[str, bool]) -> None:
+    """flash-attention needs a CUDA GPU and the flash-attn package: say so before anything is loaded."""
+    import importlib.util
+
+    if attn_implementation is None:
+        return
+    if attn_implementation not in ATTENTION:
+        raise UserError(f"model.attn_implementation={attn_implementation}: use one of {', '.join(ATTENTION)} "
+                        f"or null (the library default)")
+    if attn_implementation == "medgpt_varlen" and not device["cuda"]:
+        raise UserError("model.attn_implementation=medgpt_varlen needs a CUDA GPU; none is visible. Use sdpa")
+    if attn_implementation.startswith("flash_attention"):
+        if not device["cuda"]:
+            raise UserError(f"model.attn_implementation={attn_implementation} needs a CUDA GPU; none is visible. "
+                            f"Use model.attn_implementation=sdpa (or eager)")
+        package = "flash_attn" if attn_implementation == "flash_attention_2" else "flash_attn_interface"
+        if importlib.util.find_spec(package) is None:
+            raise UserError(f"model.attn_implementation={attn_implementation} needs the {package} package, which is "
+                            f"not installed: pip install flash-attn --no-build-isolation, or use "
+                            f"model.attn_implementation=sdpa")
+
+
+def zero_stage(ds: Optional[dict]) -> Optional[int]:
+    if not ds:
+        return None
+    return int(dict(ds).get("zero_optimization", {}).get("stage", 0))
+
+
+def check_deepspeed(hw) -> None:
+    """Combinations DeepSpeed cannot run, refused with the reason (at check time, before data and model)."""
+    stage = zero_stage(hw.deepspeed)
+    if stage is None:
+        return
+    if stage not in (0, 1, 2, 3):
+        raise UserError(f"hardware.deepspeed.zero_optimization.stage={stage}: use 0, 1, 2 or 3")
+    if stage == 3 and hw.quantization:
+        raise UserError(
+            f"hardware={hw.name} (quantization={hw.quantization}) with DeepSpeed ZeRO-3 is not supported: "
+            f"transformers loads bitsandbytes-quantized models without ZeRO-3 partitioning, so every GPU would "
+            f"hold the whole quantized base and the quantized weights cannot be sharded. Use "
+            f"hardware/deepspeed=zero2 with QLoRA (shards the adapter's gradients and optimizer states), or "
+            f"hardware=lora hardware/deepspeed=zero3 (16-bit base, sharded)")
+
+
+def check_hardware(cfg, device: Optional[Dict[str, bool]] = None) -> None:
+    """Every hardware check that needs no model: method, quantization, precision, attention, DeepSpeed."""
+    device = device or device_info()
+    check_method(cfg.hardware)
+    resolve_precision(cfg.hardware.precision, device)
+    check_attention(cfg.model.attn_implementation, device)
+    check_deepspeed(cfg.hardware)
+
+
 def quantization_config(hw, compute_dtype=None):
     """BitsAndBytesConfig for QLoRA-4 (nf4, double quant) or 8-bit, else None."""
     if not hw.quantization:
@@ -65,17 +125,19 @@ def quantization_config(hw, compute_dtype=None):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def lora_config(hw, default_targets: Any, task_type: str = "CAUSAL_LM"):
-    """LoraConfig (DoRA when method=dora), else None for full/freeze."""
+def lora_config(hw, default_targets: Any, task_type: str = "CAUSAL_LM", embedding_modules: List[str] = ()):
+    """LoraConfig (DoRA when method=dora), else None for full/freeze. embedding_modules: the input/output
+    embedding names when the vocabulary was extended; their new rows must train and be saved with the adapter."""
     if hw.method not in ("lora", "dora"):
         return None
     from peft import LoraConfig
 
     targets = hw.lora_target_modules or default_targets or "all-linear"
+    to_save = list(hw.modules_to_save or [])
+    to_save += [m for m in embedding_modules if m not in to_save]
     return LoraConfig(r=hw.lora_r, lora_alpha=hw.lora_alpha, lora_dropout=hw.lora_dropout,
                       target_modules=targets if isinstance(targets, str) else list(targets),
-                      modules_to_save=list(hw.modules_to_save) if hw.modules_to_save else None,
-                      use_dora=hw.method == "dora", task_type=task_type)
+                      modules_to_save=to_save or None, use_dora=hw.method == "dora", task_type=task_type)
 
 
 def trainable_by_freeze(param_names: List[str], num_layers: int, last_n: int, modules: List[str]) -> List[str]:
@@ -104,12 +166,20 @@ def apply_freeze(model, hw) -> int:
 
 
 def deepspeed_config(ds: Optional[dict], precision: str) -> Optional[dict]:
-    """The DeepSpeed dict for the trainer: batch sizes and accumulation stay "auto" so they always match it."""
+    """The DeepSpeed dict for the trainer: batch sizes, accumulation and clipping stay "auto" so the trainer fills
+    them from its own args and they can never disagree; precision follows the resolved hardware precision.
+    ZeRO-3 gathers 16-bit weights on save, so final/ loads without DeepSpeed."""
     if not ds:
         return None
-    config = {k: v for k, v in dict(ds).items() if k != "name"}
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(ds, resolve=True) if OmegaConf.is_config(ds) else __import__("copy").deepcopy(ds)
+    config.pop("name", None)
     config.update({"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
                    "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"})
     config["bf16"] = {"enabled": precision == "bf16"}
     config["fp16"] = {"enabled": precision == "fp16"}
+    zero = config.setdefault("zero_optimization", {"stage": 0})
+    if zero.get("stage") == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
     return config

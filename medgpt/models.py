@@ -68,24 +68,17 @@ def load_tokenizer(model_cfg, path: Optional[str] = None):
 
 
 def _check_cuda_features(model_cfg, hw) -> None:
-    import importlib.util
-
     import torch
+
+    from medgpt.hardware import check_attention, device_info
 
     if hw.quantization and not torch.cuda.is_available():
         import bitsandbytes  # noqa: F401  (bitsandbytes >= 0.45 ships a CPU backend; only fail without it)
+    check_attention(model_cfg.attn_implementation, device_info())
     if model_cfg.attn_implementation == "medgpt_varlen":
-        if not torch.cuda.is_available():
-            raise UserError("model.attn_implementation=medgpt_varlen needs a CUDA GPU; use sdpa on a CPU")
         from medgpt.attention import register
 
         register()
-    if model_cfg.attn_implementation == "flash_attention_2":
-        if not torch.cuda.is_available():
-            raise UserError("model.attn_implementation=flash_attention_2 needs a CUDA GPU; use sdpa (or hardware=cpu)")
-        if importlib.util.find_spec("flash_attn") is None:
-            raise UserError("model.attn_implementation=flash_attention_2 needs the flash-attn package: "
-                            "pip install flash-attn --no-build-isolation, or use model.attn_implementation=sdpa")
 
 
 def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", tokenizer=None):
@@ -119,6 +112,7 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
                         f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if tokenizer is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    extended = _fit_vocabulary(model, tokenizer)
     if base:
         model = _attach_adapter(model, path, merge=model_cfg.adapter_merge or hw.method not in ("lora", "dora"))
     if quant is not None:
@@ -129,16 +123,34 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
         n = hardware.apply_freeze(model, hw)
         log.info("freeze: %d trainable parameters", n)
     lora = hardware.lora_config(hw, model_cfg.lora_target_modules,
-                                task_type="SEQ_CLS" if kind == "reward" else "CAUSAL_LM")
+                                task_type="SEQ_CLS" if kind == "reward" else "CAUSAL_LM",
+                                embedding_modules=_embedding_modules(model) if extended else ())
     if lora is not None:
         from medgpt.vocab import configure_lora
 
-        configure_lora(lora, base or path)  # an extended vocabulary's new embedding rows must train
+        configure_lora(lora, base or path)  # a medgpt.vocab-extended model's new embedding rows must train
     if lora is not None and not _is_peft(model):
         from peft import get_peft_model
 
         model = get_peft_model(model, lora)
     return model
+
+
+def _fit_vocabulary(model, tokenizer) -> bool:
+    """Grow the embeddings when the tokenizer has more tokens than the model has rows (an extended vocabulary).
+    Never shrinks: many models pad their embedding matrix beyond the tokenizer's size."""
+    if tokenizer is None or len(tokenizer) <= model.get_input_embeddings().weight.shape[0]:
+        return False
+    log.info("vocabulary extended: %d -> %d embedding rows", model.get_input_embeddings().weight.shape[0],
+             len(tokenizer))
+    model.resize_token_embeddings(len(tokenizer))
+    return True
+
+
+def _embedding_modules(model) -> list:
+    """Leaf names of the input and output embeddings (e.g. embed_tokens, lm_head) for LoRA's modules_to_save."""
+    wanted = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    return [name.rsplit(".", 1)[-1] for name, module in model.named_modules() if id(module) in wanted]
 
 
 def _local_device():

@@ -41,6 +41,9 @@ def is_multirun() -> bool:
 def main(cfg: DictConfig) -> Optional[float]:
     """Hydra task: train, and turn failures into a recorded status. User errors print one line, no traceback.
     Returns cfg.objective's value so Hydra sweepers (optuna) can minimise it."""
+    from medgpt.cluster import export_submitit_ranks
+
+    export_submitit_ranks()  # a SLURM job of N tasks (hydra/launcher=slurm): one rank per task
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     timer = tracking.Timer()
@@ -97,10 +100,14 @@ def trainer_args(cfg: DictConfig, config_class, run_dir: Path, logger_args: dict
 
     device = hardware.device_info()
     precision = hardware.resolve_precision(cfg.hardware.precision, device)
+    deepspeed = hardware.deepspeed_config(cfg.hardware.deepspeed, precision)
+    if deepspeed is not None and not device["cuda"]:
+        _init_cpu_deepspeed()
     derived = {
         **hardware.precision_args(cfg.hardware.precision, device),
+        **({"ddp_backend": "gloo"} if not device["cuda"] and tracking.world_size() > 1 else {}),
         "gradient_checkpointing": cfg.hardware.gradient_checkpointing,
-        "deepspeed": hardware.deepspeed_config(cfg.hardware.deepspeed, precision),
+        "deepspeed": deepspeed,
         "seed": cfg.seed, "data_seed": cfg.seed,
         "output_dir": str(run_dir / "checkpoints"),
         "logging_dir": str(run_dir / "tensorboard"),
@@ -116,6 +123,22 @@ def trainer_args(cfg: DictConfig, config_class, run_dir: Path, logger_args: dict
     return instantiate(cfg.stage.args, _convert_="all", **{k: v for k, v in kwargs.items() if k in known}), precision
 
 
+def _init_cpu_deepspeed() -> None:
+    """DeepSpeed on CPU: gloo, initialised before the training args (else ranks disagree on the world size); a
+    plain `python train.py` gets the single-process rendezvous variables DeepSpeed would look for in MPI."""
+    import os
+    import socket
+
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    deepspeed.init_distributed(dist_backend="gloo")
+
+
 def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     import transformers
 
@@ -125,7 +148,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     timer = tracking.Timer()
     _reset_peak_memory()  # jobs of a multirun share one process: each reports its own GPU peak
     config_class = check_trainer_args(cfg)
-    hardware.check_method(cfg.hardware)
+    hardware.check_hardware(cfg)
     stage = importlib.import_module(cfg.stage.module)
     resolved = to_container(cfg)
     if tracking.is_main_process():
@@ -140,6 +163,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     run_name = cfg.run_name or tracking.default_run_name(run_dir)
     logger_args = tracking.start_logger(cfg.logger, run_dir, run_name, resolved)
     args, precision = trainer_args(cfg, config_class, run_dir, logger_args)
+    from medgpt.estimate import warn_if_too_large
+
+    warn_if_too_large(cfg, args)
     model = load_model(cfg.model, cfg.hardware, kind=stage.MODEL_KIND, precision=precision, tokenizer=tokenizer)
     timings: Dict[str, Any] = {}
     trainer = stage.build_trainer(cfg=cfg, model=model, tokenizer=tokenizer, args=args,
@@ -180,7 +206,9 @@ def _train_metrics(trainer, result) -> Dict[str, Any]:
     out = {"train_loss": result.training_loss, "final_train_loss": losses[-1] if losses else None,
            "first_train_loss": losses[0] if losses else None, "global_step": trainer.state.global_step,
            "train_runtime": result.metrics.get("train_runtime"),
-           "tokens_seen": int(trainer.state.num_input_tokens_seen or 0)}
+           "tokens_seen": int(trainer.state.num_input_tokens_seen or 0), "world_size": trainer.args.world_size,
+           "global_batch_size": trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+           * trainer.args.world_size}
     runtime = out["train_runtime"] or 0
     out["tokens_per_second"] = round(out["tokens_seen"] / runtime, 2) if runtime else None
     if torch.cuda.is_available():
@@ -207,7 +235,8 @@ def _save_final_extras(final: Path, cfg, model, tokenizer, set_generation_defaul
     tracking.write_json(final / RUN_INFO, {
         "template": cfg.model.template, "stage": cfg.stage.name, "model": cfg.model.name,
         "base_model": adapter_base(str(final)), "source": adapter_base(source) or source,
-        "adapter": (final / "adapter_config.json").exists(), "trust_remote_code": cfg.model.trust_remote_code})
+        "adapter": (final / "adapter_config.json").exists(), "trust_remote_code": cfg.model.trust_remote_code,
+        "quantization": cfg.hardware.quantization})
 
 
 def _print_summary(run_dir: Path, metrics: Dict[str, Any], logger: str = "none") -> None:

@@ -21,11 +21,27 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def run_stamp() -> str:
-    """The run folder's time stamp. Every rank of one torchrun launch gets the same one: MEDGPT_RUN_ID when set
-    (multi-node), else the start time of the launcher process that all local ranks share."""
+    """The run folder's time stamp. Every rank of one launch gets the same one: MEDGPT_RUN_ID when set; on several
+    nodes the rendezvous id (torchrun --rdzv_id) or the SLURM job id; on one node the start time and PID of the
+    launcher process that all local ranks share (torchrun, accelerate launch, deepspeed)."""
     if os.environ.get("MEDGPT_RUN_ID"):
         return os.environ["MEDGPT_RUN_ID"]
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    if world_size() > local_world:  # several nodes: no local fact is shared, the launcher's id is
+        shared = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        if shared != "none":
+            return f"job-{shared}"
+        if os.environ.get("SLURM_JOB_ID"):
+            return f"slurm-{os.environ['SLURM_JOB_ID']}"
+        from medgpt.errors import UserError
+
+        raise UserError("a multi-node run needs one run id on every node: launch torchrun with --rdzv_id=<id> "
+                        "or set MEDGPT_RUN_ID=<id> on every node (see scripts/multinode_torchrun.sh)")
     if "LOCAL_RANK" in os.environ:
         started = _process_start(os.getppid())
         if started:

@@ -1,0 +1,368 @@
+"""GPU memory estimate for a composed model x hardware, from the model's config only (no weights are loaded):
+weights, gradients, optimizer states, activations (with/without gradient checkpointing), logits, with ZeRO
+partitioning over N GPUs. Each term is printed.
+
+    python -m medgpt.estimate model=qwen2.5-7b hardware=qlora4
+    python -m medgpt.estimate model=llama-65b hardware=full hardware/deepspeed=zero3 --gpus 8 --seq 2048
+    python -m medgpt.estimate --table        # MedicalGPT's VRAM table next to our estimates
+
+Shapes: a local model folder's config.json (model.path or a run's final/), else SHAPES below by model.name, else
+the Hugging Face cache (AutoConfig, offline). Parameter counts come from the transformers model class built on
+the meta device, so they are exact for the architecture.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from medgpt.errors import UserError
+
+log = logging.getLogger(__name__)
+GB = 1e9
+
+# Reference shapes (from the models' published config.json files) for models whose config cannot be read offline.
+_LLAMA = dict(model_type="llama", vocab_size=32000, tie_word_embeddings=False)
+SHAPES: Dict[str, dict] = {
+    "llama-7b": dict(_LLAMA, hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32),
+    "llama-13b": dict(_LLAMA, hidden_size=5120, num_hidden_layers=40, intermediate_size=13824,
+                      num_attention_heads=40),
+    "llama-30b": dict(_LLAMA, hidden_size=6656, num_hidden_layers=60, intermediate_size=17920,
+                      num_attention_heads=52),
+    "llama-65b": dict(_LLAMA, hidden_size=8192, num_hidden_layers=80, intermediate_size=22016,
+                      num_attention_heads=64),
+    "mixtral-8x7b": dict(model_type="mixtral", vocab_size=32000, hidden_size=4096, num_hidden_layers=32,
+                         intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                         num_local_experts=8, num_experts_per_tok=2, tie_word_embeddings=False),
+    "llama3-8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, num_hidden_layers=32,
+                      intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                      tie_word_embeddings=False),
+    "qwen1.5-7b": dict(model_type="qwen2", vocab_size=151936, hidden_size=4096, num_hidden_layers=32,
+                       intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
+                       tie_word_embeddings=False),
+    "qwen2.5-7b": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, num_hidden_layers=28,
+                       intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
+                       tie_word_embeddings=False),
+}
+
+# MedicalGPT's README table (GB), method -> sizes, as printed there.
+MEDICALGPT_TABLE = {
+    "full16": {"llama-7b": 160, "llama-13b": 320, "llama-30b": 600, "llama-65b": 1200, "mixtral-8x7b": 900},
+    "lora16": {"llama-7b": 16, "llama-13b": 32, "llama-30b": 80, "llama-65b": 160, "mixtral-8x7b": 120},
+    "qlora8": {"llama-7b": 10, "llama-13b": 16, "llama-30b": 40, "llama-65b": 80, "mixtral-8x7b": 80},
+    "qlora4": {"llama-7b": 6, "llama-13b": 12, "llama-30b": 24, "llama-65b": 48, "mixtral-8x7b": 32},
+}
+# The hardware overrides each table row means. The table assumes no gradient checkpointing for full
+# fine-tuning (mixed precision, i.e. DeepSpeed's fp32 master weights) and checkpointing for the adapter rows.
+TABLE_HARDWARE = {
+    "full16": ["hardware=full", "hardware/deepspeed=zero0", "hardware.gradient_checkpointing=false"],
+    "lora16": ["hardware=lora", "hardware.gradient_checkpointing=true"],
+    "qlora8": ["hardware=qlora8"],
+    "qlora4": ["hardware=qlora4"],
+}
+TABLE_SEQ, TABLE_BATCH = 1024, 1  # sequence length and micro batch the table is compared at
+CUDA_CONTEXT_BYTES = 1.0 * GB  # CUDA context + cuBLAS workspace, per GPU
+# PyTorch's caching allocator reserves more than the live tensors (fragmentation, rounding to blocks); reserved
+# memory commonly runs 10-30% above allocated in training. Fitted once against the table (see docs/hardware.md).
+ALLOCATOR_OVERHEAD = 0.20
+
+
+@dataclass
+class Shape:
+    """Parameter counts of one architecture, split the way memory needs them."""
+    total: int
+    layer_matrices: int  # >=2-D weights inside the decoder layers: what bitsandbytes quantizes
+    embeddings: int  # input embeddings + untied output head
+    linear_targets: Dict[str, List[tuple]]  # leaf name -> [(in, out)] of each nn.Linear in one decoder layer
+    layers: int
+    hidden: int
+    kv_dim: int
+    intermediate: int
+    heads: int
+    vocab: int
+    experts_per_token: int = 1
+    layer_params: int = 0  # parameters of one decoder layer
+
+
+@dataclass
+class Estimate:
+    terms: Dict[str, float] = field(default_factory=dict)  # name -> bytes per GPU
+    notes: List[str] = field(default_factory=list)
+    cpu_bytes: float = 0.0  # offloaded to CPU RAM (ZeRO offload)
+
+    @property
+    def total(self) -> float:
+        return sum(self.terms.values())
+
+    def report(self, title: str) -> str:
+        lines = [title] + [f"  {name:<28}{value / GB:10.2f} GB" for name, value in self.terms.items()]
+        lines.append(f"  {'total per GPU':<28}{self.total / GB:10.2f} GB")
+        if self.cpu_bytes:
+            lines.append(f"  {'offloaded to CPU RAM':<28}{self.cpu_bytes / GB:10.2f} GB")
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+
+def config_from_shape(shape: dict):
+    from transformers import AutoConfig
+
+    shape = dict(shape)
+    return AutoConfig.for_model(shape.pop("model_type"), **shape)
+
+
+def model_config(model_cfg):
+    """The transformers config of model_cfg without loading weights: local folder, SHAPES, or the HF cache."""
+    from transformers import AutoConfig
+
+    from medgpt.models import adapter_base, resolve_path
+
+    if model_cfg.name in SHAPES:
+        return config_from_shape(SHAPES[model_cfg.name])
+    path = resolve_path(model_cfg.path, model_cfg.get("tiny"))
+    path = adapter_base(path) or path
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"no config for model {model_cfg.name} ({path}) offline: {str(e).splitlines()[0]}. Add its "
+                        f"shape to medgpt.estimate.SHAPES or point model.path at a folder with config.json") from None
+
+
+def count_shape(config) -> Shape:
+    """Exact parameter counts: the transformers model class built on the meta device (no memory, no weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    embedding_ids = {id(model.get_input_embeddings().weight)}
+    if model.get_output_embeddings() is not None:
+        embedding_ids.add(id(model.get_output_embeddings().weight))
+    total = layer_matrices = embeddings = layer0 = 0
+    seen = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        n = param.numel()
+        total += n
+        if id(param) in embedding_ids:
+            embeddings += n
+        elif re.search(r"\.layers\.\d+\.", name) and param.dim() >= 2:
+            layer_matrices += n
+        if re.search(r"\.layers\.0\.", name):
+            layer0 += n
+    targets: Dict[str, List[tuple]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and re.search(r"\.layers\.0\.", name):
+            targets.setdefault(name.rsplit(".", 1)[-1], []).append((module.in_features, module.out_features))
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    return Shape(total=total, layer_matrices=layer_matrices, embeddings=embeddings, linear_targets=targets,
+                 layers=text.num_hidden_layers, hidden=text.hidden_size, kv_dim=kv_heads * head_dim,
+                 intermediate=getattr(text, "moe_intermediate_size", None) or text.intermediate_size, heads=heads,
+                 vocab=text.vocab_size, experts_per_token=getattr(text, "num_experts_per_tok", None) or 1,
+                 layer_params=layer0)
+
+
+@functools.lru_cache(maxsize=None)
+def reference_shape(name: str) -> Shape:
+    return count_shape(config_from_shape(SHAPES[name]))
+
+
+def lora_parameters(shape: Shape, targets, r: int) -> tuple:
+    """(parameter count, summed input features per layer) of LoRA adapters on the targeted nn.Linear layers."""
+    chosen = [(name, dims) for name, dims in shape.linear_targets.items()
+              if targets == "all-linear" or name in set(targets or [])]
+    if targets != "all-linear" and not chosen:
+        raise UserError(f"LoRA target modules {list(targets)} match no linear layer of this model; its layers have "
+                        f"{sorted(shape.linear_targets)}")
+    per_layer = sum(r * (i + o) for _, dims in chosen for i, o in dims)
+    inputs = sum(i for _, dims in chosen for i, _ in dims)
+    return per_layer * shape.layers, inputs
+
+
+def estimate(shape: Shape, hw, *, seq: int, batch: int, gpus: int = 1, attn: Optional[str] = None,
+             lora_targets="all-linear", precision: str = "bf16") -> Estimate:
+    """Bytes per GPU, term by term. hw: the composed hardware node (method, quantization, lora_r,
+    gradient_checkpointing, freeze_trainable_layers, deepspeed)."""
+    from medgpt.hardware import zero_stage
+
+    est = Estimate()
+    act = 4 if precision == "fp32" else 2  # bytes of a weight / activation element
+    stage = zero_stage(hw.deepspeed)
+    zero = hw.deepspeed.get("zero_optimization", {}) if stage is not None else {}
+    rest = shape.total - shape.layer_matrices
+
+    # weights
+    if hw.quantization == "4bit":  # nf4: 0.5 B + double-quantised absmax (8 bit per 64 + fp32 per 256 blocks)
+        weights = shape.layer_matrices * (0.5 + 1 / 64 + 4 / (64 * 256)) + rest * act
+    elif hw.quantization == "8bit":  # int8 + one fp32 scale per output row (negligible)
+        weights = shape.layer_matrices * 1.0 + rest * act
+    else:
+        weights = shape.total * act
+
+    # trainable parameters
+    lora_inputs = 0
+    if hw.method in ("lora", "dora"):
+        trainable, lora_inputs = lora_parameters(shape, lora_targets, hw.lora_r)
+        if hw.method == "dora":  # one magnitude per output feature of each target
+            trainable += sum(o for dims in shape.linear_targets.values() for _, o in dims) * shape.layers
+    elif hw.method == "freeze":
+        trainable = shape.layer_params * min(hw.freeze_trainable_layers, shape.layers)
+    else:
+        trainable = shape.total
+
+    # gradients and optimizer (AdamW: two moments). DeepSpeed with 16-bit keeps fp32 master weights + fp32 moments;
+    # the plain Trainer keeps the moments in the weights' dtype. Adapters are always trained in fp32 by peft.
+    adapter = hw.method in ("lora", "dora")
+    grad_bytes = 4 if adapter else act
+    if adapter:
+        optimizer_bytes = 8
+    elif stage is not None and act == 2:
+        optimizer_bytes = 12
+        est.notes.append("DeepSpeed mixed precision: fp32 master weights + fp32 Adam moments (12 B/param)")
+    else:
+        optimizer_bytes = 2 * act
+    if adapter:
+        weights += trainable * 4
+    gradients = trainable * grad_bytes
+    optimizer = trainable * optimizer_bytes
+
+    # ZeRO partitioning over the GPUs and offload
+    if stage is not None and gpus > 1:
+        if stage >= 1:
+            optimizer /= gpus
+        if stage >= 2:
+            gradients /= gpus
+        if stage >= 3:
+            weights /= gpus
+        est.notes.append(f"ZeRO-{stage} over {gpus} GPUs")
+    if zero.get("offload_optimizer", {}).get("device") == "cpu":
+        est.cpu_bytes += optimizer
+        optimizer = 0
+    if zero.get("offload_param", {}).get("device") == "cpu":
+        est.cpu_bytes += weights
+        weights = shape.layer_params * act  # one layer gathered at a time
+    est.terms["weights"] = weights
+    est.terms["gradients"] = gradients
+    est.terms["optimizer states"] = optimizer
+
+    # activations per token per layer: residual + norm outputs, q/k/v, attention output, MLP (top-k experts)
+    per_token_layer = act * (5 * shape.hidden + 2 * shape.kv_dim + 4 * shape.intermediate * shape.experts_per_token)
+    if adapter and hw.lora_dropout:
+        per_token_layer += act * lora_inputs  # dropout(x) kept for each adapter's input
+    if attn == "eager":
+        per_token_layer += act * 2 * shape.heads * seq  # attention scores + probabilities
+    tokens = seq * batch
+    if hw.gradient_checkpointing:
+        activations = tokens * (act * shape.hidden * shape.layers + per_token_layer)
+        est.notes.append("gradient checkpointing: layer inputs kept, one layer recomputed at a time")
+    else:
+        activations = tokens * per_token_layer * shape.layers
+    est.terms["activations"] = activations
+    est.terms["logits + loss"] = tokens * shape.vocab * (act + 4 + 4)  # logits, fp32 upcast, its gradient
+    est.terms["allocator overhead"] = ALLOCATOR_OVERHEAD * sum(est.terms.values())
+    est.terms["CUDA context"] = CUDA_CONTEXT_BYTES
+    return est
+
+
+def estimate_run(cfg, *, gpus: Optional[int] = None, seq: Optional[int] = None, batch: Optional[int] = None,
+                 precision: Optional[str] = None) -> Estimate:
+    """Estimate for a composed run config (model x hardware x stage args)."""
+    import os
+
+    shape = reference_shape(cfg.model.name) if cfg.model.name in SHAPES else count_shape(model_config(cfg.model))
+    args = cfg.stage.args
+    seq = seq or cfg.data.get("max_length") or cfg.model.max_length
+    batch = batch or args.get("per_device_train_batch_size", 8)
+    gpus = gpus or int(os.environ.get("WORLD_SIZE", 1))
+    if precision is None:
+        precision = {"fp32": "fp32"}.get(cfg.hardware.precision, "bf16")
+    targets = cfg.hardware.lora_target_modules or cfg.model.lora_target_modules or "all-linear"
+    est = estimate(shape, cfg.hardware, seq=seq, batch=batch, gpus=gpus, attn=cfg.model.attn_implementation,
+                   lora_targets=targets, precision=precision)
+    est.notes.insert(0, f"{shape.total / 1e6:,.1f}M parameters, sequence {seq}, micro batch {batch}, {gpus} GPU(s), "
+                        f"{precision}")
+    return est
+
+
+def warn_if_too_large(cfg, args) -> Optional[Estimate]:
+    """Before training on a GPU: warn when the estimate exceeds the visible GPU memory."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        est = estimate_run(cfg, batch=args.per_device_train_batch_size, precision="bf16" if (args.bf16 or args.fp16)
+                           else "fp32")
+    except Exception as e:  # the estimate is advice; never block training on it
+        log.info("memory estimate unavailable: %s", e)
+        return None
+    visible = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    if est.total > visible:
+        log.warning("estimated GPU memory %.1f GB exceeds the visible %.1f GB: expect an out-of-memory error. "
+                    "Try hardware=qlora4, hardware.gradient_checkpointing=true, a smaller "
+                    "stage.args.per_device_train_batch_size, or hardware/deepspeed=zero3 over more GPUs.\n%s",
+                    est.total / GB, visible / GB, est.report("estimate"))
+    return est
+
+
+def table_rows() -> List[tuple]:
+    """(method, model, table GB, our GB) for every cell of MedicalGPT's VRAM table."""
+    rows = []
+    for method, sizes in MEDICALGPT_TABLE.items():
+        cfg = compose(TABLE_HARDWARE[method])
+        for name, expected in sizes.items():
+            cfg.model.name = name
+            est = estimate_run(cfg, seq=TABLE_SEQ, batch=TABLE_BATCH, gpus=1, precision="bf16")
+            rows.append((method, name, expected, est.total / GB))
+    return rows
+
+
+def compose(overrides: List[str]):
+    """The run config as train.py composes it (Hydra Compose API)."""
+    from pathlib import Path
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from medgpt.config import normalize_overrides, register_configs
+
+    register_configs()
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return hydra_compose("train", overrides=normalize_overrides(overrides))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medgpt.estimate", description=__doc__.split("\n")[0])
+    parser.add_argument("overrides", nargs="*", help="the same overrides as train.py (model=... hardware=...)")
+    parser.add_argument("--gpus", type=int, default=None, help="GPUs the run is spread over (ZeRO partitioning)")
+    parser.add_argument("--seq", type=int, default=None, help="tokens per sample (default: data/model max_length)")
+    parser.add_argument("--batch", type=int, default=None, help="micro batch per GPU (default: the stage's)")
+    parser.add_argument("--table", action="store_true", help="compare with MedicalGPT's VRAM table")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        if opts.table:
+            print(f"{'method':<8}{'model':<14}{'MedicalGPT GB':>14}{'medgpt GB':>11}{'diff':>8}")
+            for method, name, expected, ours in table_rows():
+                print(f"{method:<8}{name:<14}{expected:>14}{ours:>11.1f}{(ours - expected) / expected:>+8.0%}")
+            return 0
+        cfg = compose(opts.overrides)
+        est = estimate_run(cfg, gpus=opts.gpus, seq=opts.seq, batch=opts.batch)
+        deepspeed = cfg.hardware.deepspeed.name if cfg.hardware.deepspeed else "no deepspeed"
+        print(est.report(f"{cfg.model.name} x hardware={cfg.hardware.name} ({deepspeed})"))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
