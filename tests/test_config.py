@@ -22,6 +22,8 @@ def _override(path: Path) -> list:
         return ["hardware=full", f"hardware/deepspeed={name}"]
     if group == "model/family":  # a family base: composes alone (name/path stay missing until a model sets them)
         return [f"model=family/{name}"]
+    if group == "hydra/launcher":
+        return [f"hydra/launcher={name}"]
     if group == "sweep":
         return [f"+sweep={name}"]
     raise AssertionError(f"{path}: no test composes files in conf/{group}/; add the folder to _override")
