@@ -53,7 +53,7 @@ def build_demo(model, tokenizer, *, system: str = "", defaults: dict = None):
         gr.Slider(1, 2048, value=saved["max_new_tokens"], step=1, label="Max new tokens"),
         gr.Slider(0.0, 2.0, value=saved.get("temperature", 0.0), step=0.05, label="Temperature (0 = greedy)"),
         gr.Slider(0.05, 1.0, value=saved.get("top_p", DEFAULTS["top_p"]), step=0.05, label="Top-p"),
-        gr.Slider(1.0, 2.0, value=saved["repetition_penalty"], step=0.05, label="Repetition penalty"),
+        gr.Slider(1.0, 3.0, value=saved["repetition_penalty"], step=0.05, label="Repetition penalty"),
     ]
     return gr.ChatInterface(respond, additional_inputs=inputs, title=TITLE, description=DESCRIPTION,
                             examples=[["头痛发热怎么办？"], ["What are the symptoms of diabetes?"]],

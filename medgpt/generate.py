@@ -28,6 +28,7 @@ def settings(model, **overrides) -> dict:
     temperature 0 means greedy decoding (do_sample off, no sampling knobs passed)."""
     saved = model.generation_config.to_diff_dict() if model.generation_config is not None else {}
     out = {k: overrides.get(k) if overrides.get(k) is not None else saved.get(k, DEFAULTS[k]) for k in SETTINGS}
+    out = {k: None if v is None else int(v) if k == "max_new_tokens" else float(v) for k, v in out.items()}
     if out["temperature"] is None or out["temperature"] <= 0:
         out.pop("temperature"), out.pop("top_p")
         out["do_sample"] = False
