@@ -121,7 +121,7 @@ CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 def tokens(text: str) -> List[str]:
     """Lowercase Latin words and digits; CJK runs as character bigrams (a lone character as itself)."""
     out = []
-    for run in re.findall(rf"[{CJK}]+|[^\W_]+", text.lower()):
+    for run in re.findall(rf"[{CJK}]+|[^\W_{CJK}]+", text.lower()):
         if re.match(rf"[{CJK}]", run):
             out += [run] if len(run) == 1 else [run[i:i + 2] for i in range(len(run) - 1)]
         else:
