@@ -1,5 +1,5 @@
-"""Loading a trained run for inference, the generation helpers and the chat CLI (interactive, one-shot, batch,
-two processes under torchrun)."""
+"""Loading a trained run for inference, the generation helpers and the chat CLI: interactive, one-shot and
+batch in-process; two processes under torchrun as a real subprocess."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,25 +11,18 @@ import sys
 
 import pytest
 
-from conftest import ROOT, read_jsonl, train_in_process
+from conftest import ROOT, free_port, read_jsonl, train_in_process
 
 GREEDY = dict(temperature=0, repetition_penalty=3.0, max_new_tokens=12)  # varied text from the tiny model
 QUESTIONS = ["头痛发热怎么办？", "What causes high blood pressure and how is it treated over many years?", "感冒"]
-
-
-@pytest.fixture(scope="module")
-def loaded(sft_run):
-    from medgpt.models import load_for_inference
-
-    return load_for_inference(str(sft_run[0]))
 
 
 def _conversations(questions=QUESTIONS):
     return [[{"role": "user", "content": q}] for q in questions]
 
 
-def test_loader_uses_the_runs_template_and_stops_on_end_of_turn(sft_run, loaded):
-    model, tokenizer, info = loaded
+def test_loader_uses_the_runs_template_and_stops_on_end_of_turn(sft_run, sft_loaded):
+    model, tokenizer, info = sft_loaded
     final = sft_run[0] / "final"
     assert info["template"] == "qwen" and info["stage"] == "sft"
     assert tokenizer.chat_template == (final / "chat_template.jinja").read_text(encoding="utf-8")
@@ -71,10 +64,10 @@ def test_adapter_loads_on_its_base_and_a_wrong_base_is_refused(tmp_path):
         load_for_inference(str(run_dir), base=str(other))
 
 
-def test_left_padded_batch_equals_one_by_one_and_streaming(loaded):
+def test_left_padded_batch_equals_one_by_one_and_streaming(sft_loaded):
     from medgpt.generate import complete_batch, stream
 
-    model, tokenizer, _ = loaded
+    model, tokenizer, _ = sft_loaded
     batch = complete_batch(model, tokenizer, _conversations(), batch_size=3, **GREEDY)
     alone = [complete_batch(model, tokenizer, [c], **GREEDY)[0] for c in _conversations()]
     assert [b.text for b in batch] == [a.text for a in alone]
@@ -84,10 +77,10 @@ def test_left_padded_batch_equals_one_by_one_and_streaming(loaded):
     assert streamed.strip() == alone[1].text
 
 
-def test_generation_stops_on_a_stop_token(loaded):
+def test_generation_stops_on_a_stop_token(sft_loaded):
     from medgpt.generate import complete_batch
 
-    model, tokenizer, _ = loaded
+    model, tokenizer, _ = sft_loaded
     first = complete_batch(model, tokenizer, _conversations()[:1], temperature=0, max_new_tokens=3)[0]
     assert first.finish_reason == "length" and first.completion_tokens == 3
     # make the first token greedy decoding produces a stop token: the reply must end right there
@@ -103,14 +96,14 @@ def test_generation_stops_on_a_stop_token(loaded):
     assert (stopped.finish_reason, stopped.completion_tokens, stopped.text) == ("stop", 1, "")
 
 
-def test_one_shot_and_batch_in_process(tmp_path, sft_run, loaded, capsys):
+def test_one_shot_and_batch_in_process(tmp_path, sft_run, sft_loaded, capsys):
     from medgpt.chat import main
     from medgpt.generate import complete_batch
 
     run = str(sft_run[0])
     flags = ["--temperature", "0", "--repetition-penalty", "3", "--max-new-tokens", "12"]
     assert main([run, "--prompt", QUESTIONS[0], *flags]) == 0
-    expected = complete_batch(*loaded[:2], _conversations(), **GREEDY)
+    expected = complete_batch(*sft_loaded[:2], _conversations(), **GREEDY)
     assert capsys.readouterr().out.strip() == expected[0].text
 
     questions = tmp_path / "q.jsonl"
@@ -144,29 +137,35 @@ def test_vllm_backend_says_it_is_missing(tmp_path, sft_run, capsys):
     assert "pip install vllm" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_interactive_chat_subprocess(sft_run):
-    proc = subprocess.run([sys.executable, "-m", "medgpt.chat", str(sft_run[0]), "--system", "你是医生",
-                           "--max-new-tokens", "8", "--repetition-penalty", "3"],
-                          input="头痛\n/clear\nhello\n/exit\nnever read\n", capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
+def test_interactive_chat(sft_run, sft_loaded, monkeypatch, capsys):
+    """Typed turns on stdin: replies stream after 'assistant> ', /clear forgets, /exit quits before later lines."""
+    import io
+
+    from medgpt.chat import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("头痛\n/clear\nhello\n/exit\nnever read\n"))
+    assert main([str(sft_run[0]), "--system", "你是医生", "--max-new-tokens", "8", "--temperature", "0",
+                 "--repetition-penalty", "3"]) == 0
+    out = capsys.readouterr().out
     assert out.count("assistant> ") == 2 and "(history cleared)" in out
-    replies = [line.split("assistant> ", 1)[1] for line in out.splitlines() if "assistant> " in line]
-    assert all(r.strip() for r in replies)
+    replies = [line.split("assistant> ", 1)[1].strip() for line in out.splitlines() if "assistant> " in line]
+    from medgpt.generate import reply
+
+    after_clear = reply(*sft_loaded[:2], [{"role": "system", "content": "你是医生"},
+                                         {"role": "user", "content": "hello"}], **{**GREEDY, "max_new_tokens": 8})
+    assert replies[1] == after_clear and after_clear  # the answer after /clear saw no earlier turn
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
-def test_torchrun_two_processes_merge_in_order(tmp_path, sft_run, loaded):
+def test_torchrun_two_processes_merge_in_order(tmp_path, sft_run, sft_loaded):
     from medgpt.generate import complete_batch
 
     questions = tmp_path / "q.txt"
     many = [f"{q} ({i})" for i, q in enumerate(QUESTIONS * 2)]  # 6 lines: rank 0 gets 0,2,4; rank 1 gets 1,3,5
     questions.write_text("\n".join(many) + "\n", encoding="utf-8")
     out = tmp_path / "a.jsonl"
-    proc = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    proc = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()),
                            "-m", "medgpt.chat", str(sft_run[0]), "--input", str(questions), "--output", str(out),
                            "--temperature", "0", "--repetition-penalty", "3", "--max-new-tokens", "12"],
                           capture_output=True, text=True, timeout=400, cwd=ROOT,
@@ -174,14 +173,6 @@ def test_torchrun_two_processes_merge_in_order(tmp_path, sft_run, loaded):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(2 processes)" in proc.stdout
     rows = read_jsonl(out)
-    expected = complete_batch(*loaded[:2], _conversations(many), **GREEDY)
+    expected = complete_batch(*sft_loaded[:2], _conversations(many), **GREEDY)
     assert [r["question"] for r in rows] == many
     assert [r["answer"] for r in rows] == [e.text for e in expected]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 CHROMIUM = os.environ.get("MEDGPT_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "outputs" / "test-artifacts"
@@ -17,12 +16,6 @@ SETTINGS = dict(temperature=0.0, repetition_penalty=3.0, max_new_tokens=24)
 
 pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}: install it with "
                                                                     f"`apt-get install -y chromium` (see .ci/run)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _letters(text: str) -> str:
@@ -38,17 +31,16 @@ WATCH = """() => { window.__states = new Set();
   .observe(document.body, {subtree: true, childList: true, characterData: true}); }"""
 
 
-def test_demo_chat_in_a_real_browser(sft_run):
+def test_demo_chat_in_a_real_browser(sft_loaded):
     from gradio_client import Client
     from playwright.sync_api import sync_playwright
 
     from medgpt.demo import build_demo
     from medgpt.generate import reply
-    from medgpt.models import load_for_inference
 
-    model, tokenizer, _ = load_for_inference(str(sft_run[0]))
+    model, tokenizer, _ = sft_loaded
     demo = build_demo(model, tokenizer, system="你是医生", defaults=SETTINGS)
-    demo.queue().launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     question, follow_up = "头痛发热怎么办？", "还有呢？"
     expected = reply(model, tokenizer, [{"role": "system", "content": "你是医生"},
                                         {"role": "user", "content": question}], **SETTINGS)

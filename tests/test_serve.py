@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -10,20 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from conftest import free_port
+
 KEY = "test-key-123"
 GREEDY = dict(temperature=0, max_tokens=12, extra_body={"repetition_penalty": 3.0})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(app):
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -35,17 +30,10 @@ def _start(app):
 
 
 @pytest.fixture(scope="module")
-def loaded(sft_run):
-    from medgpt.models import load_for_inference
-
-    return load_for_inference(str(sft_run[0]))
-
-
-@pytest.fixture(scope="module")
-def server(loaded):
+def server(sft_loaded):
     from medgpt.serve import create_app
 
-    model, tokenizer, _ = loaded
+    model, tokenizer, _ = sft_loaded
     server, thread, url = _start(create_app(model, tokenizer, "medgpt-test", api_key=KEY, max_concurrency=1,
                                             max_waiting=1))
     yield url
@@ -69,13 +57,14 @@ def test_models_health_and_key(server):
         _client(server, key="wrong").models.list()
 
 
-def test_chat_completion_streaming_and_not_agree(server, loaded):
+def test_chat_completion_streaming_and_not_agree(server, sft_loaded):
     from medgpt.generate import complete_batch
 
     messages = [{"role": "system", "content": "你是医生"}, {"role": "user", "content": "头痛发热怎么办？"}]
     client = _client(server)
     done = client.chat.completions.create(model="medgpt-test", messages=messages, **GREEDY)
-    expected = complete_batch(*loaded[:2], [messages], temperature=0, max_new_tokens=12, repetition_penalty=3.0)[0]
+    expected = complete_batch(*sft_loaded[:2], [messages], temperature=0, max_new_tokens=12,
+                              repetition_penalty=3.0)[0]
     assert done.choices[0].message.content == expected.text and expected.text
     assert done.choices[0].finish_reason == expected.finish_reason
     assert done.usage.completion_tokens == expected.completion_tokens
