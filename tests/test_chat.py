@@ -64,6 +64,15 @@ def test_adapter_loads_on_its_base_and_a_wrong_base_is_refused(tmp_path):
         load_for_inference(str(run_dir), base=str(other))
 
 
+def test_4bit_load_generates(sft_run):
+    from medgpt.generate import reply
+    from medgpt.models import load_for_inference
+
+    model, tokenizer, _ = load_for_inference(str(sft_run[0]), quantization="4bit")  # bitsandbytes CPU backend
+    assert type(model.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
+    assert reply(model, tokenizer, _conversations()[0], **GREEDY)
+
+
 def test_left_padded_batch_equals_one_by_one_and_streaming(sft_loaded):
     from medgpt.generate import complete_batch, stream
 
