@@ -187,32 +187,86 @@ def set_generation_defaults(model, tokenizer, template: str) -> None:
     config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_for_inference(path: str, *, device_map=None, dtype=None, quantization: Optional[str] = None):
-    """Load a run folder / final/ / hub id for generation: full weights or adapter on its base, saved template."""
+def _inference_device_map(device_map, quantization):
+    """None on a CPU; the rank's own GPU by default (torchrun: one full copy per rank); 'auto' spreads layers."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if device_map in (None, "", "none"):
+        return {"": _local_device()} if torch.cuda.is_available() or quantization else None
+    return device_map
+
+
+def load_for_inference(path: str, *, device_map=None, dtype=None, quantization: Optional[str] = None,
+                       base: Optional[str] = None, template: Optional[str] = None):
+    """Load a run folder / final/ / hub id / adapter (on its recorded base, or `base`) for generation.
+
+    Returns (model, tokenizer, info). The tokenizer carries the saved chat template (or `template`); the
+    model's generation_config holds final/'s defaults and stops on the template's end-of-turn token.
+    device_map: None (CPU, or this rank's GPU) | "auto" (layers across all visible GPUs) | a dict.
+    quantization: None | "4bit" | "8bit" (bitsandbytes; also on a CPU).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    if quantization not in (None, "4bit", "8bit"):
+        raise UserError(f"quantization={quantization}: use 4bit, 8bit or leave it out")
     path = resolve_path(path)
     info = run_info(path)
-    base = adapter_base(path)
+    base = base or adapter_base(path)
+    if base and not adapter_base(path):
+        raise UserError(f"a base model ({base}) was given but {path} holds full weights, not a LoRA adapter; "
+                        f"drop the base option")
     trust = bool(info.get("trust_remote_code", False))
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    template = template or info.get("template")
+    if template and (template != info.get("template") or not tokenizer.chat_template):
+        tokenizer.chat_template = load_template(template)
+    if not tokenizer.chat_template:
+        raise UserError(f"{path} has no chat template; pass one with --template "
+                        f"(e.g. qwen, llama3, chatml)")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     kwargs = dict(dtype=dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32),
                   trust_remote_code=trust)
-    if device_map:
+    device_map = _inference_device_map(device_map, quantization)
+    if device_map is not None:
         kwargs["device_map"] = device_map
     if quantization:
-        from medgpt.hardware import quantization_config
         from types import SimpleNamespace
+
+        from medgpt.hardware import quantization_config
 
         kwargs["quantization_config"] = quantization_config(SimpleNamespace(quantization=quantization),
                                                             compute_dtype=kwargs["dtype"])
-    model = AutoModelForCausalLM.from_pretrained(base or path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base or path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a model from {base or path} "
+                        f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if (Path(path) / "generation_config.json").exists():  # an adapter's base has its own: final/'s wins
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    if template:
+        set_generation_defaults(model, tokenizer, template)
+    elif model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     if base:
-        from peft import PeftModel
-
-        if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer))
-        model = PeftModel.from_pretrained(model, path)
+        model = _adapter_for_inference(model, tokenizer, path, base)
     model.eval()
     return model, tokenizer, info
+
+
+def _adapter_for_inference(model, tokenizer, adapter_path: str, base: str):
+    """The adapter on its base; a base of another shape (wrong family or size) is a clear error."""
+    from peft import PeftModel
+
+    if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    try:
+        return PeftModel.from_pretrained(model, adapter_path)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(f"the adapter {adapter_path} does not fit the base model {base} "
+                        f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}); load it on the base it "
+                        f"was trained from ({adapter_base(adapter_path)})") from None

@@ -55,6 +55,15 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int 
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (servers in tests listen on loopback only)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def read_jsonl(path: Path):
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -78,3 +87,11 @@ def sft_run(tmp_path_factory):
     """One short SFT run of the tiny model, shared by tests that only need a run folder to read."""
     out = tmp_path_factory.mktemp("sft_run")
     return train_in_process(out, "stage.args.max_steps=4", "data.eval_split=0.1")
+
+
+@pytest.fixture(scope="session")
+def sft_loaded(sft_run):
+    """(model, tokenizer, info) of the sft_run, loaded for generation."""
+    from medgpt.models import load_for_inference
+
+    return load_for_inference(str(sft_run[0]))
