@@ -25,10 +25,12 @@ log = logging.getLogger("medgpt")
 def run_dir_of(cfg: DictConfig) -> Path:
     from hydra.core.hydra_config import HydraConfig
 
+    from medgpt.checkpoints import run_folder
+
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
-    return Path(cfg.output_root) / "runs" / f"{cfg.stage.name}-{cfg.model.name}-{cfg.hardware.name}" / \
-        tracking.run_stamp()
+    group = Path(cfg.output_root) / "runs" / f"{cfg.stage.name}-{cfg.model.name}-{cfg.hardware.name}"
+    return Path(run_folder(str(group), cfg.resume))
 
 
 def is_multirun() -> bool:
@@ -119,11 +121,12 @@ def trainer_args(cfg: DictConfig, config_class, run_dir: Path, logger_args: dict
 def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     import transformers
 
-    from medgpt import hardware
+    from medgpt import checkpoints, guard, hardware
     from medgpt.models import load_model, load_tokenizer, set_generation_defaults
 
     timer = tracking.Timer()
     config_class = check_trainer_args(cfg)
+    resume_from = checkpoints.resume_checkpoint(cfg.resume, run_dir, cfg.allow_pickle)
     hardware.check_method(cfg.hardware)
     stage = importlib.import_module(cfg.stage.module)
     resolved = to_container(cfg)
@@ -139,14 +142,19 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     run_name = cfg.run_name or f"{run_dir.parent.name}/{run_dir.name}"
     logger_args = tracking.start_logger(cfg.logger, run_dir, run_name, resolved)
     args, precision = trainer_args(cfg, config_class, run_dir, logger_args)
-    model = load_model(cfg.model, cfg.hardware, kind=stage.MODEL_KIND, precision=precision, tokenizer=tokenizer)
+    checkpoints.check_global_batch(args)
+    model = load_model(cfg.model, cfg.hardware, kind=stage.MODEL_KIND, precision=precision, tokenizer=tokenizer,
+                       allow_pickle=cfg.allow_pickle)
     trainer = stage.build_trainer(cfg=cfg, model=model, tokenizer=tokenizer, args=args,
                                   train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=[])
-    result = trainer.train(resume_from_checkpoint=cfg.resume)
+    checkpoints.make_atomic(trainer)
+    nonfinite = guard.install(trainer, cfg.guard, run_dir / "checkpoints")
+    result = trainer.train(resume_from_checkpoint=resume_from)
 
     metrics: Dict[str, Any] = {"status": "completed", "stage": cfg.stage.name, "model": cfg.model.name,
                                "hardware": cfg.hardware.name, "run_dir": str(run_dir), **data_report}
     metrics.update(_train_metrics(trainer, result))
+    metrics.update(nonfinite.report())
     if eval_dataset is not None:
         metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
     final = run_dir / "final"
@@ -188,6 +196,7 @@ def _save_final_extras(final: Path, cfg, model, tokenizer, set_generation_defaul
     from medgpt.models import RUN_INFO, adapter_base, resolve_path
 
     tokenizer.save_pretrained(final)
+    (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's config.yaml records the args
     base_model = getattr(model, "get_base_model", lambda: model)()
     if hasattr(base_model, "generation_config") and base_model.generation_config is not None:
         set_generation_defaults(base_model, tokenizer, cfg.model.template)
