@@ -59,8 +59,8 @@ class NonFiniteGuard(TrainerCallback):
                self.deepspeed else "skipping is not available under DeepSpeed" if self.skip else "")
         raise NonFiniteError(
             f"step {step}: {what} is not finite (NaN or inf){'; ' + why if why else ''}. Last good checkpoint: "
-            f"{last or 'none (no checkpoint saved yet)'}. Lower stage.args.learning_rate, check the data, or resume "
-            f"with resume={'auto' if last else '<none>'} guard.skip_nonfinite=true to skip such steps")
+            f"{last or 'none (no checkpoint saved yet)'}. Lower stage.args.learning_rate or check the data; to skip "
+            f"such steps {'resume with resume=auto' if last else 'run again with'} guard.skip_nonfinite=true")
 
     def report(self) -> Dict[str, Any]:
         return {"nonfinite_skipped_steps": len(self.skipped_steps), "nonfinite_steps": list(self.skipped_steps)}

@@ -72,8 +72,13 @@ def _check_cuda_features(model_cfg, hw) -> None:
 
     import torch
 
-    if hw.quantization and not torch.cuda.is_available():
-        import bitsandbytes  # noqa: F401  (bitsandbytes >= 0.45 ships a CPU backend; only fail without it)
+    if hw.quantization and not torch.cuda.is_available():  # bitsandbytes >= 0.45 ships a CPU backend: QLoRA runs
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UserError(f"hardware.quantization={hw.quantization} without a CUDA GPU needs bitsandbytes>=0.45 "
+                            f"(its CPU backend): pip install bitsandbytes, or use hardware=cpu / hardware=lora "
+                            f"(no quantization)") from None
     if model_cfg.attn_implementation == "flash_attention_2":
         if not torch.cuda.is_available():
             raise UserError("model.attn_implementation=flash_attention_2 needs a CUDA GPU; use sdpa (or hardware=cpu)")
