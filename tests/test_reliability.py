@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -49,16 +50,23 @@ def stage_overrides(stage: str):
     return (f"stage={stage}",)
 
 
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted SFT run: checkpoints at 2, 4, 6, 8 (two kept), a loss logged every step."""
+    return train_in_process(tmp_path_factory.mktemp("reference"), *STEPS)
+
+
 @pytest.fixture(scope="module", params=["sft", "dpo"])
-def crash_and_resume(request, tmp_path_factory):
-    """(stage, reference run folder, resumed run folder, killed process' return code, resume output)."""
+def crash_and_resume(request, tmp_path_factory, reference_run):
+    """(stage, reference run folder, run folders of the group, killed process, resumed process)."""
     stage = stage_overrides(request.param)
-    reference, _ = train_in_process(tmp_path_factory.mktemp("reference"), *stage, *STEPS)
+    reference = reference_run[0] if request.param == "sft" else \
+        train_in_process(tmp_path_factory.mktemp("reference"), *stage, *STEPS)[0]
     out = tmp_path_factory.mktemp("crashed")
     args = [*stage, *STEPS, f"output_root={out}", "logger=wandb"]
     env = {"WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **FAKE_SECRETS}
     killed = subprocess.run([sys.executable, "-c", KILL_DRIVER.format(step=KILL_WHILE_SAVING), *args], cwd=ROOT,
-                            env={**__import__("os").environ, **env}, capture_output=True, text=True, timeout=300)
+                            env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
     resumed = run_cli(*args, "resume=auto", env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (group,) = (out / "runs").iterdir()
@@ -95,11 +103,6 @@ def test_no_secret_lands_in_the_run_folder(crash_and_resume):
             assert secret.encode() not in data, f"{name} leaked into {path}"
     for secret in FAKE_SECRETS.values():
         assert secret not in resumed.stdout + resumed.stderr
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    return train_in_process(tmp_path_factory.mktemp("repro"), *STEPS)
 
 
 def test_same_seed_gives_bit_identical_losses(reference_run, tmp_path):
