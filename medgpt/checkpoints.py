@@ -41,6 +41,8 @@ def run_folder(group: str, resume: Optional[str]) -> str:
     if not resume:
         return str(Path(group) / run_stamp())
     if resume == "auto":
+        if os.environ.get("MEDGPT_RUN_ID"):  # multi-node launches name their run: resume exactly that one
+            return str(Path(group) / os.environ["MEDGPT_RUN_ID"])
         found = newest_unfinished_run(Path(group))
         return str(found) if found else str(Path(group) / run_stamp())
     return str(_run_of(Path(resume).expanduser()))
@@ -137,6 +139,22 @@ def resume_checkpoint(resume: Optional[str], run_dir: Path, allow_pickle: bool =
                         f"start a fresh run (drop resume=)")
     log.warning("resume: resuming from %s", found)
     return str(found)
+
+
+def config_changes(saved_config: Path, resolved: dict) -> List[str]:
+    """Keys whose value differs from the config the run was started with (resume aside): a resumed run should be
+    launched with the same overrides."""
+    if not saved_config.exists():
+        return []
+    from omegaconf import OmegaConf
+
+    def flat(node, prefix=""):
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    old, new = flat(OmegaConf.to_container(OmegaConf.load(saved_config))), flat(resolved)
+    return sorted(k for k in old.keys() | new.keys() if k != "resume" and old.get(k) != new.get(k))
 
 
 # ---- atomic save: wraps the trainer's own checkpoint writer, for every stage ----

@@ -80,6 +80,7 @@ def test_killed_run_resumes_with_identical_losses(crash_and_resume):
     assert len(runs) == 1, "resume=auto must continue the killed run's folder, not start a new one"
     run = runs[0]
     assert "resuming from" in resumed.stdout + resumed.stderr and "checkpoint-4" in resumed.stdout + resumed.stderr
+    assert "differs from the run's first launch" not in resumed.stdout + resumed.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["global_step"] == 8
     expected, got = losses(reference), losses(run)
@@ -180,6 +181,16 @@ def test_resume_auto_picks_the_newest_unfinished_run_of_the_group(tmp_path):
     assert run_folder(str(tmp_path), str(tmp_path / "x" / "checkpoints" / "checkpoint-4")) == str(tmp_path / "x")
     fresh = run_folder(str(tmp_path / "empty"), "auto")
     assert Path(fresh).parent == tmp_path / "empty"
+
+
+def test_resume_warns_about_changed_overrides(reference_run):
+    from medgpt.checkpoints import config_changes
+    from medgpt.config import to_container
+
+    saved = reference_run[0] / "config.yaml"
+    assert config_changes(saved, to_container(compose("logger=none", *STEPS, "resume=auto"))) == []
+    changed = to_container(compose("logger=none", *STEPS, "stage.args.learning_rate=1e-3", "resume=auto"))
+    assert config_changes(saved, changed) == ["stage.args.learning_rate"]
 
 
 def _poison_step(monkeypatch, step: int):
