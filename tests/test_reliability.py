@@ -188,8 +188,9 @@ def test_resume_warns_about_changed_overrides(reference_run):
     from medgpt.config import to_container
 
     saved = reference_run[0] / "config.yaml"
-    assert config_changes(saved, to_container(compose("logger=none", *STEPS, "resume=auto"))) == []
-    changed = to_container(compose("logger=none", *STEPS, "stage.args.learning_rate=1e-3", "resume=auto"))
+    same = (f"output_root={reference_run[0].parent}", "logger=none", *STEPS, "resume=auto")
+    assert config_changes(saved, to_container(compose(*same))) == []
+    changed = to_container(compose(*same, "stage.args.learning_rate=1e-3"))
     assert config_changes(saved, changed) == ["stage.args.learning_rate"]
 
 
