@@ -183,6 +183,23 @@ def test_resume_auto_picks_the_newest_unfinished_run_of_the_group(tmp_path):
     assert Path(fresh).parent == tmp_path / "empty"
 
 
+def test_lora_run_resumes_exactly_in_process(tmp_path, caplog):
+    """The resume path for adapters (the subprocess test above covers full fine-tuning)."""
+    lora = ("hardware=lora", "stage.args.max_steps=4", "stage.args.save_steps=2", "stage.args.logging_steps=1",
+            "stage.args.learning_rate=1e-3")
+    uninterrupted, _ = train_in_process(tmp_path / "a", *lora)
+    crashed = Path(shutil.copytree(uninterrupted, tmp_path / "b" / "run"))
+    for leftover in ("final", "metrics.json", "history.json", "checkpoints/checkpoint-4"):
+        shutil.rmtree(crashed / leftover) if (crashed / leftover).is_dir() else (crashed / leftover).unlink()
+    with caplog.at_level(logging.WARNING, logger="medgpt.checkpoints"):
+        resumed, metrics = train_in_process(tmp_path / "b", *lora, "resume=auto")
+    assert f"resuming from {crashed / 'checkpoints' / 'checkpoint-2'}" in caplog.text
+    assert resumed == crashed and metrics["global_step"] == 4
+    assert (crashed / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors").exists()
+    expected, got = losses(uninterrupted), losses(resumed)
+    assert max(abs(got[s]["loss"] - expected[s]["loss"]) for s in (3, 4)) <= 1e-4
+
+
 def test_resume_warns_about_changed_overrides(reference_run):
     from medgpt.checkpoints import config_changes
     from medgpt.config import to_container
