@@ -188,16 +188,19 @@ def make_atomic(trainer) -> None:
 
 
 def commit(written: Path, final: Path) -> Path:
-    """Flush the written files, rename the folder into place, then write the completion marker (atomically)."""
-    files = {}
-    for path in sorted(p for p in written.rglob("*") if p.is_file()):
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-        files[str(path.relative_to(written))] = path.stat().st_size
+    """Rename the written folder into place, flush its files, then write the completion marker (atomically)."""
     if final.exists():  # left by a run that died before marking it, or a rerun from an earlier step
         shutil.rmtree(final)
     written.rename(final)
     shutil.rmtree(written.parent, ignore_errors=True)
+    state = final / "trainer_state.json"  # best_model_checkpoint may name the temporary folder
+    if state.exists() and str(written.parent) in state.read_text():
+        state.write_text(state.read_text().replace(str(written.parent), str(final.parent)))
+    files = {}
+    for path in sorted(p for p in final.rglob("*") if p.is_file()):
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        files[str(path.relative_to(final))] = path.stat().st_size
     tmp = final / (MARKER + ".tmp")
     tmp.write_text(json.dumps({"step": int(final.name.split("-")[-1]), "time": time.time(), "files": files}, indent=1))
     with open(tmp, "rb") as f:

@@ -135,6 +135,17 @@ def _copy(run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(run, tmp_path / "run"))
 
 
+def test_best_checkpoint_survives_rotation_and_names_its_real_folder(tmp_path):
+    run, metrics = train_in_process(tmp_path, "stage.args.max_steps=6", "stage.args.save_steps=2",
+                                    "stage.args.eval_strategy=steps", "stage.args.eval_steps=2",
+                                    "stage.args.load_best_model_at_end=true", "stage.args.save_total_limit=1",
+                                    "data.eval_split=0.2")
+    state = json.loads((run / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
+    best = Path(state["best_model_checkpoint"])
+    assert best.parent == run / "checkpoints" and best.is_dir(), best
+    assert {p.name for p in (run / "checkpoints").iterdir() if p.is_dir()} == {"checkpoint-6", best.name}
+
+
 def test_resume_skips_a_truncated_checkpoint_and_says_so(reference_run, tmp_path, caplog):
     from medgpt.checkpoints import resume_checkpoint
     from medgpt.errors import UserError
