@@ -130,9 +130,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     hardware.check_method(cfg.hardware)
     stage = importlib.import_module(cfg.stage.module)
     resolved = to_container(cfg)
-    if resume_from and checkpoints.config_changes(run_dir / "config.yaml", resolved):
-        log.warning("resuming with a config that differs from the run's first launch in: %s",
-                    ", ".join(checkpoints.config_changes(run_dir / "config.yaml", resolved)))
+    changed = checkpoints.config_changes(run_dir / "config.yaml", resolved) if resume_from else []
+    if changed:
+        log.warning("resuming with a config that differs from the run's first launch in: %s", ", ".join(changed))
     if tracking.is_main_process():
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), encoding="utf-8")
         tracking.write_json(run_dir / "environment.json", {"versions": tracking.versions(), **tracking.git_state()})
