@@ -103,6 +103,13 @@ class LoggerConfig:
 
 
 @dataclass
+class GuardConfig:
+    enabled: bool = True  # stop (or skip) on a non-finite loss or gradient norm; see medgpt/guard.py
+    skip_nonfinite: bool = False  # skip such a step's update instead of stopping (counted in metrics.json)
+    max_skipped: int = 10  # stop anyway once more steps than this were skipped
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     stage: StageConfig = MISSING
@@ -112,19 +119,23 @@ class RunConfig:
     seed: int = 42
     run_name: Optional[str] = None
     output_root: str = "outputs"
-    resume: Optional[str] = None  # auto | <checkpoint path>
+    resume: Optional[str] = None  # auto | <run folder> | <run folder>/checkpoints/checkpoint-N (medgpt/checkpoints.py)
+    allow_pickle: bool = False  # load pickle (.bin) weights/checkpoints; off: safetensors only
+    guard: GuardConfig = field(default_factory=GuardConfig)
     eval_after_train: bool = False
     objective: str = "train_loss"  # metrics.json key returned to Hydra sweepers (optuna minimises it)
 
 
 def register_configs() -> None:
+    from medgpt.checkpoints import run_folder
     from medgpt.tracking import run_stamp, sweep_stamp
 
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    cached = ("run_stamp", "sweep_stamp", "run_folder")
     for name, fn in (("run_stamp", run_stamp), ("sweep_stamp", sweep_stamp), ("demo", demo_file),
-                     ("samples", sample_file)):
+                     ("samples", sample_file), ("run_folder", run_folder)):
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn, use_cache=name in ("run_stamp", "sweep_stamp"))
+            OmegaConf.register_new_resolver(name, fn, use_cache=name in cached)
 
 
 def demo_file(name: str) -> str:

@@ -72,8 +72,13 @@ def _check_cuda_features(model_cfg, hw) -> None:
 
     from medgpt.hardware import check_attention, device_info
 
-    if hw.quantization and not torch.cuda.is_available():
-        import bitsandbytes  # noqa: F401  (bitsandbytes >= 0.45 ships a CPU backend; only fail without it)
+    if hw.quantization and not torch.cuda.is_available():  # bitsandbytes >= 0.45 ships a CPU backend: QLoRA runs
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UserError(f"hardware.quantization={hw.quantization} without a CUDA GPU needs bitsandbytes>=0.45 "
+                            f"(its CPU backend): pip install bitsandbytes, or use hardware=cpu / hardware=lora "
+                            f"(no quantization)") from None
     check_attention(model_cfg.attn_implementation, device_info())
     if model_cfg.attn_implementation == "medgpt_varlen":
         from medgpt.attention import register
@@ -81,20 +86,25 @@ def _check_cuda_features(model_cfg, hw) -> None:
         register()
 
 
-def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", tokenizer=None):
+def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", tokenizer=None,
+               allow_pickle: bool = False):
     """Load for training. kind: causal | reward (sequence classification, 1 label). Applies freeze/LoRA/QLoRA."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from medgpt import hardware, longcontext
+    from medgpt.checkpoints import check_weights
 
     _check_cuda_features(model_cfg, hw)
     path = resolve_path(model_cfg.path, model_cfg.tiny)
     base = adapter_base(path)
+    for folder in filter(None, (path, base)):
+        check_weights(folder, allow_pickle)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     if model_cfg.dtype != "auto":
         dtype = getattr(torch, model_cfg.dtype)
-    kwargs = dict(dtype=dtype, trust_remote_code=model_cfg.trust_remote_code)
+    kwargs = dict(dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,
+                  use_safetensors=None if allow_pickle else True)  # pickle weights only with allow_pickle=true
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     quant = hardware.quantization_config(hw, compute_dtype=dtype)

@@ -25,10 +25,12 @@ log = logging.getLogger("medgpt")
 def run_dir_of(cfg: DictConfig) -> Path:
     from hydra.core.hydra_config import HydraConfig
 
+    from medgpt.checkpoints import run_folder
+
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
-    return Path(cfg.output_root) / "runs" / f"{cfg.stage.name}-{cfg.model.name}-{cfg.hardware.name}" / \
-        tracking.run_stamp()
+    group = Path(cfg.output_root) / "runs" / f"{cfg.stage.name}-{cfg.model.name}-{cfg.hardware.name}"
+    return Path(run_folder(str(group), cfg.resume))
 
 
 def is_multirun() -> bool:
@@ -142,15 +144,19 @@ def _init_cpu_deepspeed() -> None:
 def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     import transformers
 
-    from medgpt import hardware
+    from medgpt import checkpoints, guard, hardware
     from medgpt.models import load_model, load_tokenizer, set_generation_defaults
 
     timer = tracking.Timer()
     _reset_peak_memory()  # jobs of a multirun share one process: each reports its own GPU peak
     config_class = check_trainer_args(cfg)
+    resume_from = checkpoints.resume_checkpoint(cfg.resume, run_dir, cfg.allow_pickle)
     hardware.check_hardware(cfg)
     stage = importlib.import_module(cfg.stage.module)
     resolved = to_container(cfg)
+    changed = checkpoints.config_changes(run_dir / "config.yaml", resolved) if resume_from else []
+    if changed:
+        log.warning("resuming with a config that differs from the run's first launch in: %s", ", ".join(changed))
     if tracking.is_main_process():
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), encoding="utf-8")
         tracking.write_json(run_dir / "environment.json", {"versions": tracking.versions(), **tracking.git_state()})
@@ -166,16 +172,21 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from medgpt.estimate import warn_if_too_large
 
     warn_if_too_large(cfg, args)
-    model = load_model(cfg.model, cfg.hardware, kind=stage.MODEL_KIND, precision=precision, tokenizer=tokenizer)
+    checkpoints.check_global_batch(args)
+    model = load_model(cfg.model, cfg.hardware, kind=stage.MODEL_KIND, precision=precision, tokenizer=tokenizer,
+                       allow_pickle=cfg.allow_pickle)
     timings: Dict[str, Any] = {}
     trainer = stage.build_trainer(cfg=cfg, model=model, tokenizer=tokenizer, args=args,
                                   train_dataset=train_dataset, eval_dataset=eval_dataset,
                                   callbacks=[tracking.first_step_timer(timings)])
-    result = trainer.train(resume_from_checkpoint=cfg.resume)
+    checkpoints.make_atomic(trainer)
+    nonfinite = guard.install(trainer, cfg.guard, run_dir / "checkpoints")
+    result = trainer.train(resume_from_checkpoint=resume_from)
 
     metrics: Dict[str, Any] = {"status": "completed", "stage": cfg.stage.name, "model": cfg.model.name,
                                "hardware": cfg.hardware.name, "run_dir": str(run_dir), **data_report, **timings}
     metrics.update(_train_metrics(trainer, result))
+    metrics.update(nonfinite.report())
     if eval_dataset is not None:
         metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
     final = run_dir / "final"
@@ -227,6 +238,7 @@ def _save_final_extras(final: Path, cfg, model, tokenizer, set_generation_defaul
     from medgpt.models import RUN_INFO, adapter_base, resolve_path
 
     tokenizer.save_pretrained(final)
+    (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's config.yaml records the args
     base_model = getattr(model, "get_base_model", lambda: model)()
     if hasattr(base_model, "generation_config") and base_model.generation_config is not None:
         set_generation_defaults(base_model, tokenizer, cfg.model.template)

@@ -1,0 +1,197 @@
+"""The bad-input catalogue (issue 8): each user mistake is rejected with a message naming what, where and the fix,
+before a model is loaded where possible; on the command line it prints the message alone and exits non-zero."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import compose, run_cli
+
+
+def write(tmp_path: Path, lines, name: str = "data.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def load(path, *overrides, stage: str = "sft"):
+    from medgpt.data import load_data
+
+    cfg = compose(f"stage={stage}", f"data.train_files=[{path}]", "data.eval_split=0", *overrides)
+    return load_data(cfg.data, cfg.stage, seed=cfg.seed)
+
+
+CHAT = {"messages": [{"role": "user", "content": "Is fever dangerous?"}, {"role": "assistant", "content": "Often not."}]}
+
+
+def test_empty_file(tmp_path):
+    from medgpt.errors import DataError
+
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(DataError, match=f"{path}: the file is empty. Fix: remove it"):
+        load(path)
+
+
+def test_missing_file_and_glob_without_match(tmp_path):
+    from medgpt.errors import UserError
+
+    with pytest.raises(UserError, match="data.train_files: no such file .*nowhere.jsonl"):
+        load(tmp_path / "nowhere.jsonl")
+    with pytest.raises(UserError, match=r"the glob .*\*.jsonl' matches no file"):
+        load(tmp_path / "*.jsonl")
+
+
+def test_invalid_json_names_the_line(tmp_path):
+    from medgpt.errors import DataError
+
+    path = write(tmp_path, [CHAT, '{"messages": [oops'])
+    with pytest.raises(DataError, match=f"{path}:2: invalid JSON .*Fix: make each line one complete JSON object"):
+        load(path)
+
+
+def test_wrong_keys_for_the_stage(tmp_path):
+    from medgpt.errors import UserError
+
+    with pytest.raises(UserError, match=r":1: no known format has these keys: \['foo'\].*data.columns"):
+        load(write(tmp_path, [{"foo": "bar"}]))
+    with pytest.raises(UserError, match="format 'text' .*which stage=sft does not accept. It accepts: sharegpt"):
+        load(write(tmp_path, [{"text": "plain text"}], name="text.jsonl"))
+
+
+def test_unknown_role(tmp_path):
+    from medgpt.errors import DataError
+
+    record = {"conversations": [{"from": "alien", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    with pytest.raises(DataError, match=":1: turn 1 has unknown role 'alien'"):
+        load(write(tmp_path, [record]))
+
+
+def test_conversation_without_assistant_turn(tmp_path):
+    from medgpt.errors import DataError
+
+    record = {"messages": [{"role": "user", "content": "Is fever dangerous?"}]}
+    with pytest.raises(DataError, match=":2: the conversation has no assistant turn. Fix: add the assistant"):
+        load(write(tmp_path, [CHAT, record]))
+    train, _ = load(write(tmp_path, [CHAT, record], name="skip.jsonl"), "data.on_bad_record=skip")
+    assert len(train.rows) == 1 and train.skipped == {"the conversation has no assistant turn": 1}
+
+
+def test_empty_text(tmp_path):
+    from medgpt.errors import DataError
+
+    with pytest.raises(DataError, match=":2: the text is empty"):
+        load(write(tmp_path, [{"text": "Fever is common."}, {"text": "   "}]), stage="pt")
+
+
+@pytest.mark.parametrize("policy, counted", [("truncate", "truncated"), ("drop", "dropped_overlong")])
+def test_overlong_samples_are_truncated_or_dropped_and_counted(policy, counted):
+    from medgpt.models import load_tokenizer
+    from medgpt.stages import sft
+
+    cfg = compose("data.max_length=64", f"data.overlong={policy}")
+    long = {"messages": [{"role": "user", "content": "fever " * 5}, {"role": "assistant", "content": "rest " * 200}]}
+    dataset, counts = sft.prepare([CHAT, long], load_tokenizer(cfg.model), cfg)
+    assert counts[counted] == 1
+    assert len(dataset) == (2 if policy == "truncate" else 1)
+    assert max(len(ids) for ids in dataset["input_ids"]) <= 64
+
+
+def test_overlong_sample_with_policy_error():
+    from medgpt.errors import UserError
+    from medgpt.models import load_tokenizer
+    from medgpt.stages import sft
+
+    cfg = compose("data.max_length=64", "data.overlong=error")
+    long = {"messages": [{"role": "user", "content": "fever"}, {"role": "assistant", "content": "rest " * 200}]}
+    with pytest.raises(UserError, match="sample 2 has .* tokens, more than max_length=64. Raise data.max_length"):
+        sft.prepare([CHAT, long], load_tokenizer(cfg.model), cfg)
+
+
+def test_preference_pair_with_identical_answers(tmp_path):
+    from medgpt.data.loading import load_split
+    from medgpt.errors import DataError
+
+    path = write(tmp_path, [{"prompt": "Is fever dangerous?", "chosen": "Often not.", "rejected": "Often not. "}])
+    with pytest.raises(DataError, match=":1: chosen and rejected are identical. Fix: remove the pair"):
+        load_split([path], accepted=["trl_preference"])
+
+
+@pytest.mark.parametrize("group, valid", [("model", "tiny"), ("stage", "sft"), ("hardware", "qlora4")])
+def test_unknown_config_name_lists_the_valid_ones(group, valid):
+    result = run_cli(f"{group}=nosuch", "--cfg", "job")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"Could not find '{group}/nosuch'" in output and f"Available options in '{group}'" in output
+    assert f"\t{valid}\n" in output and "Traceback" not in output
+
+
+def test_flash_attention_without_cuda_suggests_cpu():
+    import torch
+
+    from medgpt.errors import UserError
+    from medgpt.models import load_model
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = compose("model.attn_implementation=flash_attention_2")
+    with pytest.raises(UserError, match="flash_attention_2 needs a CUDA GPU; use sdpa \\(or hardware=cpu\\)"):
+        load_model(cfg.model, cfg.hardware)
+
+
+def test_qlora_without_cuda_or_bitsandbytes(monkeypatch):
+    """QLoRA runs on a CPU through bitsandbytes' CPU backend; without that package the message says what to do."""
+    import sys
+
+    import torch
+
+    from medgpt.errors import UserError
+    from medgpt.models import load_model
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    cfg = compose("hardware=qlora4")
+    with pytest.raises(UserError, match="quantization=4bit without a CUDA GPU needs bitsandbytes.*hardware=cpu"):
+        load_model(cfg.model, cfg.hardware)
+
+
+@pytest.mark.parametrize("override", ["stage.args.per_device_train_batch_size=0",
+                                      "stage.args.gradient_accumulation_steps=0"])
+def test_zero_global_batch_fails_and_leaves_no_successful_looking_run(override, tmp_path, capsys):
+    from medgpt.run import main
+
+    cfg = compose(f"output_root={tmp_path}", "logger=none", override)
+    with pytest.raises(SystemExit) as exit_info:
+        main(cfg)
+    assert exit_info.value.code != 0
+    assert "the global batch is 0" in capsys.readouterr().err
+    (run,) = (tmp_path / "runs" / "sft-tiny-cpu").iterdir()
+    assert json.loads((run / "metrics.json").read_text())["status"] == "failed"
+    assert not (run / "final").exists() and not (run / "checkpoints").exists()
+
+
+def test_model_path_that_is_not_a_model(tmp_path):
+    from medgpt.errors import UserError
+    from medgpt.models import load_tokenizer
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a model")
+    with pytest.raises(UserError, match="is a folder but holds no model \\(no config.json"):
+        load_tokenizer(compose(f"model.path={tmp_path / 'notes'}").model)
+    with pytest.raises(UserError, match="model.path=./no/such/model: no such folder"):
+        load_tokenizer(compose("model.path=./no/such/model").model)
+
+
+def test_user_error_on_the_command_line_prints_the_message_alone(tmp_path):
+    result = run_cli(f"output_root={tmp_path}", "logger=none", f"data.train_files=[{tmp_path}/missing.jsonl]",
+                     env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2
+    assert f"error: data.train_files: no such file '{tmp_path}/missing.jsonl'" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    (run,) = (tmp_path / "runs" / "sft-tiny-cpu").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["user_error"] is True
+    assert not (run / "final").exists()
