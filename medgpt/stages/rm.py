@@ -9,10 +9,26 @@ from medgpt.stages.dpo import preference_dataset
 MODEL_KIND = "reward"
 
 
+def pair_lengths(row, tokenizer):
+    """Tokens of prompt+chosen and prompt+rejected as RewardTrainer renders them (the chat template)."""
+    return [len(tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=True, return_dict=True)["input_ids"])
+            for side in ("chosen", "rejected")]
+
+
 def prepare(rows, tokenizer, cfg):
+    """RewardTrainer drops pairs longer than max_length: count them here, and fail if none would be left."""
     from collections import Counter
 
-    return preference_dataset(rows), Counter(pairs=len(rows))
+    from trl import RewardConfig
+
+    from medgpt.errors import UserError
+
+    max_length = cfg.stage.args.get("max_length", RewardConfig.__dataclass_fields__["max_length"].default)
+    kept = [r for r in rows if max_length is None or max(pair_lengths(r, tokenizer)) <= max_length]
+    if rows and not kept:
+        raise UserError(f"stage=rm: all {len(rows)} pairs are longer than stage.args.max_length={max_length} tokens "
+                        f"(RewardTrainer drops such pairs); raise stage.args.max_length")
+    return preference_dataset(kept), Counter(pairs=len(kept), dropped_overlong=len(rows) - len(kept))
 
 
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
