@@ -51,17 +51,17 @@ def _number(text: str) -> Optional[float]:
 
 
 def is_correct(predicted: str, gold: str, max_words: int = 6) -> bool:
-    """Numbers compare by value (1e-6 relative); short gold answers match exactly or as a whole phrase inside the
-    prediction ('a cardiologist' matches 'cardiologist'); long gold answers need an exact (normalised) match."""
+    """Numbers compare by value (1e-6 relative; the prediction's last number counts); short gold answers match
+    exactly or as a whole phrase inside the prediction ('a cardiologist' matches 'cardiologist'); long gold answers
+    need an exact (normalised) match."""
+    gold_number = _number(unicodedata.normalize("NFKC", gold).strip().rstrip("."))
+    if gold_number is not None:
+        numbers = re.findall(r"[-+]?\d[\d,]*(?:\.\d+)?%?", unicodedata.normalize("NFKC", predicted))
+        predicted_number = _number(numbers[-1]) if numbers else None
+        return predicted_number is not None and abs(predicted_number - gold_number) <= 1e-6 * max(1, abs(gold_number))
     p, g = normalize(predicted), normalize(gold)
     if not g:
         return False
-    gold_number, predicted_number = _number(g), _number(p)
-    if gold_number is not None:
-        if predicted_number is None:
-            numbers = re.findall(r"[-+]?\d+(?:\.\d+)?", p)
-            predicted_number = float(numbers[-1]) if numbers else None
-        return predicted_number is not None and abs(predicted_number - gold_number) <= 1e-6 * max(1, abs(gold_number))
     if p == g:
         return True
     if len(g.split()) <= max_words and len(g) <= 40:

@@ -58,11 +58,16 @@ def check_reference(cfg) -> None:
         raise UserError(f"stage.reference={cfg.stage.reference}: use one of {', '.join(REFERENCES)}")
 
 
+def prepare_pairs(rows, tokenizer, cfg):
+    """The prepare() of pair trainers that truncate long pairs themselves (DPO, ORPO, CPO/SimPO)."""
+    return preference_dataset(rows), Counter(pairs=len(rows))
+
+
 def prepare(rows, tokenizer, cfg):
     if cfg.stage.args.get("_target_", "").endswith("DPOConfig"):
         check_loss_type(cfg.stage.args)
     check_reference(cfg)
-    return preference_dataset(rows), Counter(pairs=len(rows))
+    return prepare_pairs(rows, tokenizer, cfg)
 
 
 def reference_model(cfg, model):

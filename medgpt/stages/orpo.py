@@ -3,7 +3,7 @@
 
     python train.py stage=orpo data=medical_dpo data.max_samples=200 stage.args.beta=0.1
 """
-from medgpt.stages.rm import prepare  # noqa: F401  (same pairs, no reference model to check)
+from medgpt.stages.dpo import prepare_pairs as prepare  # noqa: F401  (same pairs, no reference model to check)
 
 MODEL_KIND = "causal"
 

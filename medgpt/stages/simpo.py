@@ -3,7 +3,7 @@ loss_type=simpo and cpo_alpha=0 (TRL's DPOTrainer has no SimPO loss).
 
     python train.py stage=simpo data=medical_dpo data.max_samples=200 stage.args.simpo_gamma=0.5
 """
-from medgpt.stages.rm import prepare  # noqa: F401  (same pairs, no reference model)
+from medgpt.stages.dpo import prepare_pairs as prepare  # noqa: F401  (same pairs, no reference model)
 
 MODEL_KIND = "causal"
 
