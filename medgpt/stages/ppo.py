@@ -26,6 +26,7 @@ def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, call
     from trl import RLOOTrainer
 
     reward_model, reward_tokenizer = load_reward_model(cfg.stage.reward_model)
+    reward_model.config._name_or_path = "reward_model"  # TRL logs rewards/<last part of this>/mean, else "final"
     extra = instantiate_reward_funcs(cfg.stage.reward_funcs)
     return RLOOTrainer(model=model, reward_funcs=[reward_model, *extra], args=args,
                        reward_processing_classes=[reward_tokenizer, *[None] * len(extra)],
