@@ -86,3 +86,16 @@ def test_sft_data_to_dpo_fails_naming_accepted_formats(tmp_path, monkeypatch):
         train_in_process(tmp_path, "stage=dpo", f"data.train_files=[{SAMPLES / 'medical_sft_1K_format.jsonl'}]")
     assert "format 'sharegpt'" in str(e.value)
     assert "It accepts: sharegpt_preference, trl_preference, qa_preference" in str(e.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    *[[f"stage={s}"] for s in ("rm", "dpo", "ipo", "simpo", "orpo", "kto", "ppo", "grpo")],  # + data/<stage>_demo
+    ["stage=dpo", "data=medical_dpo"], ["stage=grpo", "data=medical_grpo"], ["stage=dpo", "data=preference_demo"],
+])
+def test_alignment_configs_compose(overrides):
+    from medgpt.config import check_trainer_args, demo_file, sample_file
+
+    cfg = compose(*overrides)
+    check_trainer_args(cfg)  # every stage.args key is a field of its TRL config class
+    files = list(cfg.data.train_files)
+    assert files and all(f.startswith((demo_file(""), sample_file(""))) for f in files)
