@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from conftest import SAMPLES, compose, train_in_process
-from alignment_data import write_obvious_pairs
+from alignment_helpers import error_before_model_load, write_obvious_pairs
 
 MEDICAL_PAIRS = [f"data.train_files=[{SAMPLES / 'dpo_zh_500.jsonl'}]", "data.max_samples=12", "data.eval_split=0",
                  "stage.args.max_steps=2", "stage.args.max_length=256", "stage.args.per_device_train_batch_size=2"]
@@ -69,23 +69,14 @@ def test_variant_configs():
     ("stage.reference=frozen", "stage.reference=frozen: use one of auto, copy, none"),
 ])
 def test_dpo_config_errors_before_model_load(tmp_path, monkeypatch, override, message):
-    import medgpt.models
-    from medgpt.errors import UserError
-
-    monkeypatch.setattr(medgpt.models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
-    with pytest.raises(UserError, match=message):
-        train_in_process(tmp_path, "stage=dpo", override)
+    assert message in error_before_model_load(monkeypatch, tmp_path, "stage=dpo", override)
 
 
 def test_sft_data_to_dpo_fails_naming_accepted_formats(tmp_path, monkeypatch):
-    import medgpt.models
-    from medgpt.errors import UserError
-
-    monkeypatch.setattr(medgpt.models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
-    with pytest.raises(UserError) as e:
-        train_in_process(tmp_path, "stage=dpo", f"data.train_files=[{SAMPLES / 'medical_sft_1K_format.jsonl'}]")
-    assert "format 'sharegpt'" in str(e.value)
-    assert "It accepts: sharegpt_preference, trl_preference, qa_preference" in str(e.value)
+    message = error_before_model_load(monkeypatch, tmp_path, "stage=dpo",
+                                      f"data.train_files=[{SAMPLES / 'medical_sft_1K_format.jsonl'}]")
+    assert "format 'sharegpt'" in message
+    assert "It accepts: sharegpt_preference, trl_preference, qa_preference" in message
 
 
 @pytest.mark.parametrize("overrides", [

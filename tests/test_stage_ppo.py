@@ -1,6 +1,5 @@
 """stage=ppo (trl.RLOOTrainer against a stage=rm reward model): needs a reward model, trains, final/ reloads."""
-import pytest
-
+from alignment_helpers import error_before_model_load
 from conftest import SAMPLES, train_in_process
 
 RLOO_SMALL = ["stage.args.max_steps=2", "stage.args.max_completion_length=8", "stage.args.num_generations=2",
@@ -8,12 +7,8 @@ RLOO_SMALL = ["stage.args.max_steps=2", "stage.args.max_completion_length=8", "s
 
 
 def test_ppo_without_reward_model_fails_before_model_load(tmp_path, monkeypatch):
-    import medgpt.models
-    from medgpt.errors import UserError
-
-    monkeypatch.setattr(medgpt.models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
-    with pytest.raises(UserError, match="stage.reward_model is not set: train one with `python train.py stage=rm"):
-        train_in_process(tmp_path, "stage=ppo")
+    message = error_before_model_load(monkeypatch, tmp_path, "stage=ppo")
+    assert "stage.reward_model is not set: train one with `python train.py stage=rm" in message
 
 
 def test_ppo_with_lora_reward_model_trains_and_reloads(tmp_path):

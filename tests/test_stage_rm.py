@@ -1,10 +1,8 @@
 """stage=rm: RewardTrainer on preference pairs; final/ loads as a sequence classifier and scores a chat."""
 import math
 
-import pytest
-
 from conftest import SAMPLES, train_in_process
-from alignment_data import write_obvious_pairs
+from alignment_helpers import error_before_model_load, write_obvious_pairs
 
 
 def score(final, messages):
@@ -44,11 +42,5 @@ def test_rm_learns_obvious_preference(tmp_path):
 
 
 def test_sft_data_to_preference_stage_fails_before_model_load(tmp_path, monkeypatch):
-    import medgpt.models
-    from medgpt.errors import UserError
-
-    monkeypatch.setattr(medgpt.models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
-    with pytest.raises(UserError) as e:
-        train_in_process(tmp_path, "stage=rm", "data=sft_demo")
-    assert "sharegpt_preference, trl_preference, qa_preference" in str(e.value)
-    assert "stage=rm does not accept" in str(e.value)
+    message = error_before_model_load(monkeypatch, tmp_path, "stage=rm", "data=sft_demo")
+    assert "stage=rm does not accept" in message and "sharegpt_preference, trl_preference, qa_preference" in message

@@ -16,6 +16,7 @@ from collections import Counter
 from datasets import Dataset
 
 from medgpt.errors import UserError
+from medgpt.models import adapter_base, resolve_path
 
 log = logging.getLogger("medgpt")
 MODEL_KIND = "causal"
@@ -81,6 +82,9 @@ def reference_model(cfg, model):
             raise UserError("stage.reference=none needs LoRA/QLoRA (hardware=lora): without an adapter to disable "
                             "there is no reference; use stage.reference=copy (a frozen copy)")
         log.info("reference model: the policy with its LoRA adapter disabled (no copy in memory)")
+        if adapter_base(resolve_path(cfg.model.path, cfg.model.tiny)) and not cfg.model.adapter_merge:
+            log.warning("model.path is a LoRA adapter trained further here: the reference is its base *without* "
+                        "that adapter; set model.adapter_merge=true to make the previous model the reference")
         return None
     if is_peft:
         raise UserError("stage.reference=copy with LoRA: the reference is the adapter-disabled policy; "
