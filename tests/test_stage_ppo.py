@@ -26,3 +26,14 @@ def test_ppo_with_lora_reward_model_trains_and_reloads(tmp_path):
     logged = json.loads((run_dir / "history.json").read_text())["log_history"][0]
     assert "rewards/reward_model/mean" in logged and "kl" in logged
     assert load_for_inference(str(run_dir))[2]["stage"] == "ppo"
+
+    # the same reward model as a GRPO reward function, from a config node
+    from omegaconf import OmegaConf
+
+    from medgpt.rewards import instantiate_reward_funcs
+
+    (score,) = instantiate_reward_funcs(OmegaConf.create([{"_target_": "medgpt.rewards.reward_model",
+                                                           "path": str(rm_dir)}]))
+    prompt = [{"role": "user", "content": "How is gout treated?"}]
+    values = score(prompts=[prompt, prompt], completions=["See a doctor.", [{"role": "assistant", "content": "no"}]])
+    assert score.__name__ == "reward_model" and len(values) == 2 and values[0] != values[1]
