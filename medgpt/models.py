@@ -177,9 +177,13 @@ def _is_peft(model) -> bool:
 
 def _attach_adapter(model, adapter_path: str, merge: bool):
     """A previous run's adapter: merged into the base (then trained anew), or kept and trained further."""
-    from peft import PeftModel
+    from peft import PeftConfig, PeftModel
 
-    model = PeftModel.from_pretrained(model, adapter_path, is_trainable=not merge)
+    config = PeftConfig.from_pretrained(adapter_path)
+    if config.task_type == "CAUSAL_LM" and not hasattr(model, "prepare_inputs_for_generation"):
+        # a policy's adapter under a reward model (SFT -> RM): merge it into the shared body, the head starts anew
+        config.task_type, merge = None, True
+    model = PeftModel.from_pretrained(model, adapter_path, config=config, is_trainable=not merge)
     if merge:
         model = model.merge_and_unload()
     log.info("adapter %s: %s", adapter_path, "merged into its base" if merge else "kept and trained further")

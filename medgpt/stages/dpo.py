@@ -1,0 +1,102 @@
+"""Direct preference optimisation (TRL's DPOTrainer) on prompt/chosen/rejected pairs; loss variants by config.
+
+    python train.py stage=dpo data=medical_dpo data.max_samples=200 stage.args.beta=0.1
+    python train.py stage=dpo stage.args.loss_type=ipo            # or stage=ipo; SimPO: stage=simpo
+
+The reference model (stage.reference): auto = none with LoRA/QLoRA (the policy with its adapter disabled is the
+reference), else a frozen copy of the starting model; copy | none force one of them.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections import Counter
+
+from datasets import Dataset
+
+from medgpt.errors import UserError
+from medgpt.models import adapter_base, resolve_path
+
+log = logging.getLogger("medgpt")
+MODEL_KIND = "causal"
+REFERENCES = ("auto", "copy", "none")
+
+
+def preference_dataset(rows) -> Dataset:
+    """Normalised preference records (conversational prompt/chosen/rejected) -> the columns TRL's pair trainers eat."""
+    return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+                              for r in rows])
+
+
+def dpo_loss_types():
+    """The loss types the installed DPOTrainer knows, read from DPOConfig's own help text."""
+    from trl import DPOConfig
+
+    help_text = DPOConfig.__dataclass_fields__["loss_type"].metadata.get("help", "")
+    return re.findall(r"`'([a-z_]+)'`", help_text.split("If multiple")[0])
+
+
+def check_loss_type(args_cfg) -> None:
+    """Fail before the model loads on a loss the installed DPOTrainer does not have (it only fails mid-step)."""
+    import trl
+
+    requested = args_cfg.get("loss_type") or ["sigmoid"]
+    requested = [requested] if isinstance(requested, str) else list(requested)
+    known = dpo_loss_types()
+    for loss in requested:
+        if loss == "simpo":
+            raise UserError("stage.args.loss_type=simpo: DPOTrainer has no SimPO loss in TRL "
+                            f"{trl.__version__}; use stage=simpo (trl.experimental.cpo.CPOTrainer, loss_type=simpo, "
+                            "cpo_alpha=0)")
+        if known and loss not in known:
+            raise UserError(f"stage.args.loss_type={loss}: not a DPO loss in the installed TRL {trl.__version__} "
+                            f"(it knows: {', '.join(known)}); a newer TRL may add it (pip install -U trl)")
+
+
+def check_reference(cfg) -> None:
+    if cfg.stage.reference not in REFERENCES:
+        raise UserError(f"stage.reference={cfg.stage.reference}: use one of {', '.join(REFERENCES)}")
+
+
+def prepare_pairs(rows, tokenizer, cfg):
+    """The prepare() of pair trainers that truncate long pairs themselves (DPO, ORPO, CPO/SimPO)."""
+    return preference_dataset(rows), Counter(pairs=len(rows))
+
+
+def prepare(rows, tokenizer, cfg):
+    if cfg.stage.args.get("_target_", "").endswith("DPOConfig"):
+        check_loss_type(cfg.stage.args)
+    check_reference(cfg)
+    return prepare_pairs(rows, tokenizer, cfg)
+
+
+def reference_model(cfg, model):
+    """(ref_model or None, what it is): a frozen copy, or None = the policy with its LoRA adapter disabled."""
+    is_peft = hasattr(model, "peft_config")
+    choice = cfg.stage.reference
+    if choice == "auto":
+        choice = "none" if is_peft else "copy"
+    if choice == "none":
+        if not is_peft:
+            raise UserError("stage.reference=none needs LoRA/QLoRA (hardware=lora): without an adapter to disable "
+                            "there is no reference; use stage.reference=copy (a frozen copy)")
+        log.info("reference model: the policy with its LoRA adapter disabled (no copy in memory)")
+        if adapter_base(resolve_path(cfg.model.path, cfg.model.tiny)) and not cfg.model.adapter_merge:
+            log.warning("model.path is a LoRA adapter trained further here: the reference is its base *without* "
+                        "that adapter; set model.adapter_merge=true to make the previous model the reference")
+        return None
+    if is_peft:
+        raise UserError("stage.reference=copy with LoRA: the reference is the adapter-disabled policy; "
+                        "use stage.reference=auto")
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    log.info("reference model: a frozen copy of the starting model")
+    return ref
+
+
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+    from trl import DPOTrainer
+
+    return DPOTrainer(model=model, ref_model=reference_model(cfg, model), args=args, train_dataset=train_dataset,
+                      eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks)

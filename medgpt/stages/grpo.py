@@ -1,0 +1,55 @@
+"""GRPO (TRL's GRPOTrainer) on question/answer prompts, rewarded by the functions in stage.reward_funcs
+(medgpt.rewards: answer accuracy, <think>/<answer> format, length penalty, a trained reward model, or your own).
+Each function's mean reward is logged as rewards/<name>/mean.
+
+    python train.py stage=grpo data=medical_grpo stage.args.num_generations=4 stage.args.max_completion_length=256
+"""
+from collections import Counter
+
+from datasets import Dataset
+
+from medgpt.errors import UserError
+from medgpt.rewards import check_reward_funcs, instantiate_reward_funcs
+
+MODEL_KIND = "causal"
+
+
+def prompt_dataset(rows) -> Dataset:
+    """Prompt records -> {prompt, answer}; `answer` reaches reward functions as a keyword."""
+    return Dataset.from_list([{"prompt": r["prompt"], "answer": r.get("answer")} for r in rows])
+
+
+def check_generation_batch(args_cfg, defaults) -> None:
+    """TRL needs the generation batch (per-device batch x steps per generation) divisible by num_generations."""
+    get = lambda key: args_cfg.get(key) if args_cfg.get(key) is not None else defaults[key]  # noqa: E731
+    generations, batch = get("num_generations"), get("per_device_train_batch_size")
+    steps = get("steps_per_generation") or get("gradient_accumulation_steps")
+    if generations and (batch * steps) % generations:
+        raise UserError(f"stage.args.num_generations={generations} must divide per_device_train_batch_size x "
+                        f"steps_per_generation = {batch} x {steps}; change one of them")
+
+
+def config_defaults(config_class) -> dict:
+    fields = config_class.__dataclass_fields__
+    return {k: fields[k].default for k in ("num_generations", "per_device_train_batch_size", "steps_per_generation",
+                                           "gradient_accumulation_steps")}
+
+
+def prepare(rows, tokenizer, cfg):
+    from trl import GRPOConfig
+
+    if not cfg.stage.reward_funcs:
+        raise UserError("stage=grpo needs reward functions: stage.reward_funcs=[{_target_: "
+                        "medgpt.rewards.answer_accuracy}, ...] (see conf/stage/grpo.yaml)")
+    check_reward_funcs(cfg.stage.reward_funcs)
+    check_generation_batch(cfg.stage.args, config_defaults(GRPOConfig))
+    return prompt_dataset(rows), Counter(prompts=len(rows), with_answer=sum(r.get("answer") is not None
+                                                                              for r in rows))
+
+
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+    from trl import GRPOTrainer
+
+    return GRPOTrainer(model=model, reward_funcs=instantiate_reward_funcs(cfg.stage.reward_funcs), args=args,
+                       train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+                       callbacks=callbacks)

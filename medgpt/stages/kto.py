@@ -1,0 +1,45 @@
+"""KTO (TRL's KTOTrainer) on unpaired prompt/completion/label data; preference pairs are split into one desirable
+(chosen, label true) and one undesirable (rejected, label false) example each. Reference model as for DPO.
+
+    python train.py stage=kto data=kto_demo
+    python train.py stage=kto data=medical_dpo data.max_samples=200      # pairs, split automatically
+"""
+from collections import Counter
+
+from datasets import Dataset
+
+from medgpt.errors import UserError
+from medgpt.stages.dpo import check_reference, reference_model
+
+MODEL_KIND = "causal"
+
+
+def unpaired_rows(rows):
+    """Unpaired records as they are; each preference pair -> a desirable and an undesirable example."""
+    out = []
+    for r in rows:
+        if "completion" in r:
+            out.append({"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]})
+        else:
+            out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True})
+            out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
+    return out
+
+
+def prepare(rows, tokenizer, cfg):
+    check_reference(cfg)
+    examples = unpaired_rows(rows)
+    desirable = sum(e["label"] for e in examples)
+    if desirable == 0 or desirable == len(examples):
+        raise UserError(f"KTO needs both desirable (label true) and undesirable (label false) examples; the data "
+                        f"has {desirable} of {len(examples)} desirable")
+    counts = Counter(desirable=desirable, undesirable=len(examples) - desirable,
+                     split_pairs=sum("chosen" in r for r in rows))
+    return Dataset.from_list(examples), counts
+
+
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+    from trl import KTOTrainer
+
+    return KTOTrainer(model=model, ref_model=reference_model(cfg, model), args=args, train_dataset=train_dataset,
+                      eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks)

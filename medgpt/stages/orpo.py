@@ -1,0 +1,15 @@
+"""ORPO (odds-ratio preference optimisation, no reference model) with trl.experimental.orpo.ORPOTrainer: in TRL
+1.x it lives in trl.experimental (there is no trl.ORPOTrainer).
+
+    python train.py stage=orpo data=medical_dpo data.max_samples=200 stage.args.beta=0.1
+"""
+from medgpt.stages.dpo import prepare_pairs as prepare  # noqa: F401  (same pairs, no reference model to check)
+
+MODEL_KIND = "causal"
+
+
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+    from trl.experimental.orpo import ORPOTrainer
+
+    return ORPOTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                       processing_class=tokenizer, callbacks=callbacks)

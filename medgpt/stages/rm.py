@@ -1,0 +1,38 @@
+"""Reward model: a sequence-classification head (1 label) trained on preference pairs with TRL's RewardTrainer;
+pairs are rendered with the model's chat template; eval reports pairwise accuracy (chosen scored above rejected).
+
+    python train.py stage=rm data=medical_dpo data.max_samples=200
+    python train.py stage=ppo stage.reward_model=outputs/runs/rm-tiny-cpu/<stamp>     # use it for RLHF
+"""
+from medgpt.stages.dpo import preference_dataset
+
+MODEL_KIND = "reward"
+
+
+def pair_lengths(row, tokenizer):
+    """Tokens of prompt+chosen and prompt+rejected as RewardTrainer renders them (the chat template)."""
+    return [len(tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=True, return_dict=True)["input_ids"])
+            for side in ("chosen", "rejected")]
+
+
+def prepare(rows, tokenizer, cfg):
+    """RewardTrainer drops pairs longer than max_length: count them here, and fail if none would be left."""
+    from collections import Counter
+
+    from trl import RewardConfig
+
+    from medgpt.errors import UserError
+
+    max_length = cfg.stage.args.get("max_length", RewardConfig.__dataclass_fields__["max_length"].default)
+    kept = [r for r in rows if max_length is None or max(pair_lengths(r, tokenizer)) <= max_length]
+    if rows and not kept:
+        raise UserError(f"stage=rm: all {len(rows)} pairs are longer than stage.args.max_length={max_length} tokens "
+                        f"(RewardTrainer drops such pairs); raise stage.args.max_length")
+    return preference_dataset(kept), Counter(pairs=len(kept), dropped_overlong=len(rows) - len(kept))
+
+
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+    from trl import RewardTrainer
+
+    return RewardTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, callbacks=callbacks)
