@@ -186,6 +186,18 @@ def instantiate_reward_funcs(nodes: Any) -> list:
     return out
 
 
+def check_answers(nodes: Any, rows: list) -> None:
+    """An answer-accuracy reward needs every prompt record to carry its answer: say which do not."""
+    targets = {node.get("_target_") for node in list(nodes or []) if hasattr(node, "get")}
+    if f"{__name__}.answer_accuracy" not in targets:
+        return
+    missing = [i + 1 for i, row in enumerate(rows) if row.get("answer") in (None, "")]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(rows)} prompt records have no 'answer' (first: record {missing[0]}) "
+                        f"but the reward medgpt.rewards.answer_accuracy needs one. Fix: add \"answer\" to those "
+                        f"records, or drop that reward from stage.reward_funcs")
+
+
 def check_reward_funcs(nodes: Any) -> None:
     """Cheap check before any model loads: every target imports; reward-model paths point at reward models."""
     from medgpt.config import import_object

@@ -1,4 +1,6 @@
-"""stage=ppo (trl.RLOOTrainer against a stage=rm reward model): needs a reward model, trains, final/ reloads."""
+"""stage=ppo (trl.RLOOTrainer): against a stage=rm reward model, or answer accuracy on the embedded default."""
+import json
+
 from alignment_helpers import error_before_model_load
 from conftest import SAMPLES, train_in_process
 
@@ -6,9 +8,20 @@ RLOO_SMALL = ["stage.args.max_steps=2", "stage.args.max_completion_length=8", "s
               "stage.args.per_device_train_batch_size=2", "stage.args.logging_steps=1"]
 
 
-def test_ppo_without_reward_model_fails_before_model_load(tmp_path, monkeypatch):
-    message = error_before_model_load(monkeypatch, tmp_path, "stage=ppo")
-    assert "stage.reward_model is not set: train one with `python train.py stage=rm" in message
+def test_ppo_on_the_embedded_default_rewards_answer_accuracy(tmp_path):
+    run_dir, metrics = train_in_process(tmp_path, "stage=ppo", *RLOO_SMALL)
+    history = json.loads((run_dir / "history.json").read_text())["log_history"]
+    logged = {key for entry in history for key in entry}
+    assert metrics["status"] == "completed" and "rewards/answer_accuracy/mean" in logged
+
+
+def test_ppo_with_no_reward_at_all_or_answerless_prompts_fails_before_model_load(tmp_path, monkeypatch):
+    message = error_before_model_load(monkeypatch, tmp_path / "a", "stage=ppo", "stage.reward_funcs=[]")
+    assert "stage=ppo needs a reward: stage.reward_model=<a stage=rm run>" in message
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"question": "q1", "answer": "a"}\n{"question": "q2"}\n', encoding="utf-8")
+    message = error_before_model_load(monkeypatch, tmp_path / "b", "stage=ppo", f"data.train_files=[{prompts}]")
+    assert "1 of 2 prompt records have no 'answer' (first: record 2)" in message
 
 
 def test_ppo_with_lora_reward_model_trains_and_reloads(tmp_path):

@@ -9,7 +9,7 @@ from collections import Counter
 from datasets import Dataset
 
 from medgpt.errors import UserError
-from medgpt.rewards import check_reward_funcs, instantiate_reward_funcs
+from medgpt.rewards import check_answers, check_reward_funcs, instantiate_reward_funcs
 
 MODEL_KIND = "causal"
 
@@ -42,6 +42,7 @@ def prepare(rows, tokenizer, cfg):
         raise UserError("stage=grpo needs reward functions: stage.reward_funcs=[{_target_: "
                         "medgpt.rewards.answer_accuracy}, ...] (see conf/stage/grpo.yaml)")
     check_reward_funcs(cfg.stage.reward_funcs)
+    check_answers(cfg.stage.reward_funcs, rows)
     check_generation_batch(cfg.stage.args, config_defaults(GRPOConfig))
     return prompt_dataset(rows), Counter(prompts=len(rows), with_answer=sum(r.get("answer") is not None
                                                                               for r in rows))

@@ -2,22 +2,46 @@
 MedicalGPT itself moved to) against a reward model trained by stage=rm. Generation length
 (stage.args.max_completion_length), KL coefficient (stage.args.beta) and samples per prompt
 (stage.args.num_generations) are trainer args; stage.reward_funcs may add rule rewards beside the reward model.
+Without a reward model (e.g. the embedded demo) the policy is rewarded for matching the data's answers.
 
     python train.py stage=ppo model.path=<sft run> stage.reward_model=<rm run> data=medical_grpo
 """
+import logging
+
 from collections import Counter
 
-from medgpt.rewards import check_reward_funcs, check_reward_model, instantiate_reward_funcs, load_reward_model
+from medgpt.errors import UserError
+
+from medgpt.rewards import (check_answers, check_reward_funcs, check_reward_model, instantiate_reward_funcs,
+                            load_reward_model)
 from medgpt.stages.grpo import check_generation_batch, config_defaults, prompt_dataset
 
 MODEL_KIND = "causal"
+log = logging.getLogger(__name__)
+ANSWER_REWARD = [{"_target_": "medgpt.rewards.answer_accuracy"}]
+
+
+def reward_nodes(stage) -> list:
+    """stage.reward_funcs when given; else none beside a reward model, or answer accuracy without one."""
+    if stage.reward_funcs is not None:
+        return list(stage.reward_funcs)
+    if stage.reward_model:
+        return []
+    log.warning("stage=ppo without stage.reward_model: rewarding answer accuracy against the data's answers "
+                "(train a reward model with stage=rm for RLHF)")
+    return ANSWER_REWARD
 
 
 def prepare(rows, tokenizer, cfg):
     from trl import RLOOConfig
 
-    check_reward_model(cfg.stage.reward_model)
-    check_reward_funcs(cfg.stage.reward_funcs)
+    nodes = reward_nodes(cfg.stage)
+    if cfg.stage.reward_model:
+        check_reward_model(cfg.stage.reward_model)
+    elif not nodes:
+        raise UserError("stage=ppo needs a reward: stage.reward_model=<a stage=rm run> and/or stage.reward_funcs")
+    check_reward_funcs(nodes)
+    check_answers(nodes, rows)
     check_generation_batch(cfg.stage.args, config_defaults(RLOOConfig))
     return prompt_dataset(rows), Counter(prompts=len(rows))
 
@@ -25,10 +49,13 @@ def prepare(rows, tokenizer, cfg):
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
     from trl import RLOOTrainer
 
-    reward_model, reward_tokenizer = load_reward_model(cfg.stage.reward_model)
-    reward_model.config._name_or_path = "reward_model"  # TRL logs rewards/<last part of this>/mean, else "final"
-    extra = instantiate_reward_funcs(cfg.stage.reward_funcs)
-    return RLOOTrainer(model=model, reward_funcs=[reward_model, *extra], args=args,
-                       reward_processing_classes=[reward_tokenizer, *[None] * len(extra)],
+    funcs, processors = [], []
+    if cfg.stage.reward_model:
+        reward_model, reward_tokenizer = load_reward_model(cfg.stage.reward_model)
+        reward_model.config._name_or_path = "reward_model"  # TRL logs rewards/<last part of this>/mean
+        funcs, processors = [reward_model], [reward_tokenizer]
+    extra = instantiate_reward_funcs(reward_nodes(cfg.stage))
+    return RLOOTrainer(model=model, reward_funcs=[*funcs, *extra], args=args,
+                       reward_processing_classes=[*processors, *[None] * len(extra)],
                        train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
                        callbacks=callbacks)
