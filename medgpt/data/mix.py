@@ -83,7 +83,10 @@ def mix_records(data_cfg, load_one: Callable[[DictConfig], Records], seed: int) 
     for (name, records), rows in zip(loaded, picked):
         out.rows += rows
         out.sources[name] = len(rows)
-        out.formats.update(records.formats)
+        if len(records.formats) == 1:  # the records taken, by format
+            out.formats[next(iter(records.formats))] += len(rows)
+        else:  # several formats in one source: the records read
+            out.formats.update(records.formats)
         out.skipped.update(records.skipped)
         out.first_skipped += records.first_skipped
     if weights[0] is not None:
