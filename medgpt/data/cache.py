@@ -66,6 +66,7 @@ def cache_key(stage, rows: List[dict], tokenizer, cfg) -> str:
         "template": tokenizer.chat_template,
         "max_length": cfg.data.max_length or cfg.model.max_length, "overlong": cfg.data.overlong,
         "block_size": cfg.data.block_size, "args": {k: v for k, v in args.items() if "length" in k},
+        "num_proc": cfg.data.num_proc or 1,  # pt packs each worker's share separately
     }
     h = hashlib.sha256()
     for part in (rows_fingerprint(rows), tokenizer_fingerprint(tokenizer),
