@@ -54,7 +54,8 @@ def test_zoo_covers_the_medicalgpt_datasets():
                      "shibing624/DPO-En-Zh-20k-Preference", "tasksource/oasst1_pairwise_rlhf_reward",
                      "Dahoas/full-hh-rlhf", "liyucheng/zhihu_rlhf_3k"):
         assert expected in hub_names
-    subsets = {OmegaConf.load(CONF / "data" / f"{n}.yaml").hub_subset for n in ZOO if n.startswith("shibing624_medical")}
+    subsets = {OmegaConf.load(CONF / "data" / f"{n}.yaml").hub_subset
+               for n in ZOO if n.startswith("shibing624_medical")}
     assert subsets == {"pretrain", "finetune", "reward"}
 
 
@@ -183,12 +184,15 @@ def test_streaming_pt_trains_and_packs_like_the_in_memory_path(tmp_path, tiny_to
     assert metrics["tokens_seen"] == 3 * 4 * 64  # 3 steps x batch 4 x full blocks
 
 
-def test_streaming_without_max_steps_fails_before_the_model(tmp_path, monkeypatch):
+def test_streaming_without_max_steps_or_with_bad_data_fails_before_the_model(tmp_path, monkeypatch):
     import medgpt.models
 
     monkeypatch.setattr(medgpt.models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(UserError, match="needs stage.args.max_steps"):
         train_in_process(tmp_path, "stage=pt", "data=pt_demo", "data.streaming=true")
+    with pytest.raises(UserError, match="does not accept"):  # chats streamed into pt: caught on the first record
+        train_in_process(tmp_path, "stage=pt", "data=sft_demo", "data.streaming=true", "data.eval_split=0",
+                         "stage.args.max_steps=2")
 
 
 def test_streaming_sft_reads_a_hub_stream(monkeypatch, tiny_tokenizer):

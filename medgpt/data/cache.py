@@ -3,7 +3,8 @@ depends on, and reused by later runs and by every process of a multi-process lau
 
 Key = data content (the normalised records) + tokenizer (its vocabulary, merges, special tokens) + chat template
 + stage (name, module, the code of the stage module and of medgpt.data.tokenize) + lengths (max_length, overlong,
-block_size, stage.args fields named *length*) + data.num_proc. Anything else (learning rate, epochs, ...) leaves the cache valid.
+block_size, stage.args fields named *length*) + data.num_proc. Anything else (learning rate, epochs, ...) leaves
+the cache valid.
 The first process to take the folder's lock prepares and saves; the others wait on the lock, then load it.
 
     MEDGPT_DATA_CACHE=/fast/disk python train.py data.num_proc=8      # cache folder (~/.cache/medgpt/datasets)

@@ -85,6 +85,7 @@ def streaming_dataset(cfg, tokenizer):
 
     check_streaming(cfg)
     check_stage(cfg.data, cfg.stage.name)
+    next(stream_rows(cfg, Records(rows=[])), None)  # missing files, a wrong format: fail now, not mid-training
     features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int64"))})
     dataset = IterableDataset.from_generator(generate_samples, features=features,
                                              gen_kwargs={"cfg": cfg, "tokenizer": tokenizer})
