@@ -96,6 +96,8 @@ def cached_prepare(stage, rows: List[dict], tokenizer, cfg) -> Tuple[object, dic
             return load_from_disk(str(entry / "dataset")), {**counts, "data_cache": "hit"}
         start = time.time()
         dataset, counts = prepare_parallel(stage, rows, tokenizer, cfg)
+        if not hasattr(dataset, "save_to_disk"):  # a stage that returns something else than a datasets.Dataset
+            return dataset, {**counts, "data_cache": "off"}
         tmp = root / f"{key}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         dataset.save_to_disk(str(tmp / "dataset"))
