@@ -80,7 +80,8 @@ def read_records(path: Path) -> Iterator[Tuple[int, object]]:
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for n, record in enumerate(pq.read_table(path).to_pylist(), 1):
+        records = (r for batch in pq.ParquetFile(path).iter_batches(batch_size=1024) for r in batch.to_pylist())
+        for n, record in enumerate(records, 1):  # batch by batch: large files stream (data.streaming)
             yield n, record
 
 
