@@ -70,6 +70,9 @@ class DataConfig:
     system_prompt: Optional[str] = None  # added to conversations that have none
     num_proc: Optional[int] = None  # tokenization workers
     cache: bool = True  # reuse tokenized datasets (keyed by data content, tokenizer, template, lengths)
+    stages: List[str] = field(default_factory=list)  # stages this data serves (checked); empty: any stage
+    mix: List[Any] = field(default_factory=list)  # [{name: <data config or file>, weight: w}, ...]; medgpt.data.mix
+    streaming: bool = False  # pt/sft: read, tokenize and pack on the fly (needs stage.args.max_steps)
 
 
 @dataclass

@@ -78,13 +78,20 @@ def _record_failure(run_dir: Path, cfg, timer, message: str, tb: str = "", user_
 
 def prepare_datasets(cfg: DictConfig, stage, tokenizer):
     from medgpt.data import load_data
+    from medgpt.data.cache import cached_prepare
 
+    if cfg.data.streaming:
+        from medgpt.data.streaming import streaming_datasets
+
+        return streaming_datasets(cfg, stage, tokenizer)
     train_records, eval_records = load_data(cfg.data, cfg.stage, seed=cfg.seed)
-    train_dataset, counts = stage.prepare(train_records.rows, tokenizer, cfg)
-    eval_dataset = stage.prepare(eval_records.rows, tokenizer, cfg)[0] if eval_records else None
+    train_dataset, counts = cached_prepare(stage, train_records.rows, tokenizer, cfg)
+    eval_dataset = cached_prepare(stage, eval_records.rows, tokenizer, cfg)[0] if eval_records else None
     report = {"train_records": len(train_records.rows), "eval_records": len(eval_records.rows) if eval_records else 0,
               "formats": dict(train_records.formats), "skipped_records": dict(train_records.skipped),
               **{k: v for k, v in counts.items()}}
+    if train_records.sources:
+        report["mix"] = dict(train_records.sources)
     if eval_records and eval_records.skipped:
         report["skipped_eval_records"] = dict(eval_records.skipped)
     for key in ("truncated", "dropped_overlong", "dropped_no_loss"):

@@ -11,16 +11,39 @@ from medgpt.data.loading import Records, expand_files, load_split
 from medgpt.errors import UserError
 
 
+def check_stage(data_cfg, stage_name: str) -> None:
+    """A data config that declares its stages (data.stages) refuses the others, before anything is read."""
+    if data_cfg.stages and stage_name not in data_cfg.stages:
+        raise UserError(f"data={data_cfg.name} serves stage(s) {', '.join(data_cfg.stages)}, not stage={stage_name}. "
+                        f"Choose a data config made for {stage_name} (the `stages:` line of conf/data/*.yaml), or "
+                        f"set data.stages=[] to use this data anyway")
+
+
+def source_options(data_cfg, stage_cfg) -> dict:
+    """Reader options of one data config: load_split / iter_rows keyword arguments."""
+    hub = (data_cfg.hub_name, data_cfg.hub_subset, data_cfg.hub_split) if data_cfg.hub_name else None
+    return dict(accepted=list(stage_cfg.formats), data_format=data_cfg.format, columns=dict(data_cfg.columns),
+                on_bad_record=data_cfg.on_bad_record, system_prompt=data_cfg.system_prompt,
+                stage=f"stage={stage_cfg.name}", hub=hub, max_samples=data_cfg.max_samples)
+
+
+def load_train(data_cfg, stage_cfg, seed: int = 0) -> Records:
+    check_stage(data_cfg, stage_cfg.name)
+    if data_cfg.mix:
+        from medgpt.data.mix import mix_records
+
+        return mix_records(data_cfg, lambda source: load_train(source, stage_cfg, seed), seed)
+    if not data_cfg.train_files and not data_cfg.hub_name:
+        raise UserError("no training data: set data.train_files=[...] (files, folders or globs), data.hub_name "
+                        "or data.mix")
+    files = [] if data_cfg.hub_name else expand_files(data_cfg.train_files)
+    return load_split(files, **source_options(data_cfg, stage_cfg))
+
+
 def load_data(data_cfg, stage_cfg, seed: int = 0) -> Tuple[Records, Optional[Records]]:
     """Train and eval records for a stage (eval: data.eval_files, else a seeded data.eval_split share, else None)."""
-    if not data_cfg.train_files and not data_cfg.hub_name:
-        raise UserError("no training data: set data.train_files=[...] (files, folders or globs) or data.hub_name")
-    common = dict(accepted=list(stage_cfg.formats), data_format=data_cfg.format, columns=dict(data_cfg.columns),
-                  on_bad_record=data_cfg.on_bad_record, system_prompt=data_cfg.system_prompt,
-                  stage=f"stage={stage_cfg.name}")
-    hub = (data_cfg.hub_name, data_cfg.hub_subset, data_cfg.hub_split) if data_cfg.hub_name else None
-    files = [] if hub else expand_files(data_cfg.train_files)
-    train = load_split(files, hub=hub, max_samples=data_cfg.max_samples, **common)
+    common = {k: v for k, v in source_options(data_cfg, stage_cfg).items() if k not in ("hub", "max_samples")}
+    train = load_train(data_cfg, stage_cfg, seed)
     evaluation = None
     if data_cfg.eval_files:
         evaluation = load_split(expand_files(data_cfg.eval_files, "data.eval_files"), **common)

@@ -80,7 +80,8 @@ def read_records(path: Path) -> Iterator[Tuple[int, object]]:
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for n, record in enumerate(pq.read_table(path).to_pylist(), 1):
+        records = (r for batch in pq.ParquetFile(path).iter_batches(batch_size=1024) for r in batch.to_pylist())
+        for n, record in enumerate(records, 1):  # batch by batch: large files stream (data.streaming)
             yield n, record
 
 
@@ -91,15 +92,16 @@ class Records:
     formats: Counter = field(default_factory=Counter)  # format name -> records
     skipped: Counter = field(default_factory=Counter)  # reason -> records
     first_skipped: List[str] = field(default_factory=list)  # "file:line: problem", a few examples
+    sources: Counter = field(default_factory=Counter)  # mixed data: source name -> records taken (data.mix)
 
 
-def _iter_source(files: List[Path], hub: Optional[Tuple[str, Optional[str], str]]):
+def _iter_source(files: List[Path], hub: Optional[Tuple[str, Optional[str], str]], streaming: bool = False):
     if hub:
         from datasets import load_dataset
 
         name, subset, split = hub
         try:
-            dataset = load_dataset(name, subset, split=split)
+            dataset = load_dataset(name, subset, split=split, streaming=streaming)
         except Exception as e:  # hub unreachable, unknown name, ...: say which and what to do
             raise UserError(f"data.hub_name={name}: cannot load it ({type(e).__name__}: {e}). Check the name and "
                             f"your network, or download it and pass data.train_files=[<folder>]") from None
@@ -114,14 +116,33 @@ def _iter_source(files: List[Path], hub: Optional[Tuple[str, Optional[str], str]
 def load_split(files: List[Path], *, accepted: List[str], data_format: Optional[str] = None,
                columns: Optional[dict] = None, on_bad_record: str = "error", max_samples: Optional[int] = None,
                system_prompt: Optional[str] = None, hub=None, stage: str = "this stage") -> Records:
+    out = Records(rows=[])
+    out.rows = list(iter_rows(files, out, accepted=accepted, data_format=data_format, columns=columns,
+                              on_bad_record=on_bad_record, max_samples=max_samples, system_prompt=system_prompt,
+                              hub=hub, stage=stage))
+    if not out.rows:
+        where = hub[0] if hub else ", ".join(map(str, files))
+        raise UserError(f"no usable record in {where}" + (f" ({sum(out.skipped.values())} skipped: "
+                                                           f"{dict(out.skipped)})" if out.skipped else ""))
+    if out.skipped:
+        log.warning("skipped %d bad record(s): %s; first: %s", sum(out.skipped.values()), dict(out.skipped),
+                    "; ".join(out.first_skipped))
+    return out
+
+
+def iter_rows(files: List[Path], out: Records, *, accepted: List[str], data_format: Optional[str] = None,
+              columns: Optional[dict] = None, on_bad_record: str = "error", max_samples: Optional[int] = None,
+              system_prompt: Optional[str] = None, hub=None, stage: str = "this stage",
+              streaming: bool = False) -> Iterator[dict]:
+    """Normalised records one at a time (nothing held in memory); formats and skips are counted into `out`."""
     if on_bad_record not in ("error", "skip"):
         raise UserError(f"data.on_bad_record={on_bad_record}: use error or skip")
     if data_format is not None and data_format not in FORMATS:
         raise UserError(f"data.format={data_format} is not a known format; use one of {sorted(FORMATS)}")
-    out = Records(rows=[])
     detected = {}  # source -> format, detected on its first good-looking record
-    for source, line, record in _iter_source(files, hub):
-        if max_samples is not None and len(out.rows) >= max_samples:
+    taken = 0
+    for source, line, record in _iter_source(files, hub, streaming):
+        if max_samples is not None and taken >= max_samples:
             break
         try:
             if isinstance(record, RecordError):
@@ -150,13 +171,6 @@ def load_split(files: List[Path], *, accepted: List[str], data_format: Optional[
             if len(out.first_skipped) < 5:
                 out.first_skipped.append(f"{source}:{line}: {e.problem}")
             continue
-        out.rows.append(row)
+        taken += 1
         out.formats[detected[source]] += 1
-    if not out.rows:
-        where = hub[0] if hub else ", ".join(map(str, files))
-        raise UserError(f"no usable record in {where}" + (f" ({sum(out.skipped.values())} skipped: "
-                                                           f"{dict(out.skipped)})" if out.skipped else ""))
-    if out.skipped:
-        log.warning("skipped %d bad record(s): %s; first: %s", sum(out.skipped.values()), dict(out.skipped),
-                    "; ".join(out.first_skipped))
-    return out
+        yield row

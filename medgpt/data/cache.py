@@ -1,0 +1,134 @@
+"""Tokenize once: a stage's prepared (tokenized) dataset is saved as Arrow under a cache folder, keyed by what it
+depends on, and reused by later runs and by every process of a multi-process launch.
+
+Key = data content (the normalised records) + tokenizer (its vocabulary, merges, special tokens) + chat template
++ stage (name, module, the code of the stage module and of medgpt.data.tokenize) + lengths (max_length, overlong,
+block_size, stage.args fields named *length*) + data.num_proc. Anything else (learning rate, epochs, ...) leaves
+the cache valid.
+The first process to take the folder's lock prepares and saves; the others wait on the lock, then load it.
+
+    MEDGPT_DATA_CACHE=/fast/disk python train.py data.num_proc=8      # cache folder (~/.cache/medgpt/datasets)
+    python train.py data.cache=false                                  # always tokenize afresh
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import List, Tuple
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+CACHE_ENV = "MEDGPT_DATA_CACHE"
+DONE = "counts.json"  # written last: its presence marks a complete entry
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "medgpt" / "datasets").expanduser()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of what decides token ids: the tokenizer's serialized model (or vocabulary) and special tokens."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps([str(tokenizer.special_tokens_map), tokenizer.pad_token_id, tokenizer.eos_token_id,
+                         tokenizer.bos_token_id, type(tokenizer).__name__]).encode())
+    return h.hexdigest()
+
+
+def rows_fingerprint(rows: List[dict]) -> str:
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def cache_key(stage, rows: List[dict], tokenizer, cfg) -> str:
+    from medgpt.data import tokenize
+
+    args = OmegaConf.to_container(cfg.stage.args, resolve=True)
+    options = {
+        "stage": cfg.stage.name, "module": cfg.stage.module,
+        "code": [inspect.getsource(stage), inspect.getsource(tokenize)],
+        "template": tokenizer.chat_template,
+        "max_length": cfg.data.max_length or cfg.model.max_length, "overlong": cfg.data.overlong,
+        "block_size": cfg.data.block_size, "args": {k: v for k, v in args.items() if "length" in k},
+        "num_proc": cfg.data.num_proc or 1,  # pt packs each worker's share separately
+    }
+    h = hashlib.sha256()
+    for part in (rows_fingerprint(rows), tokenizer_fingerprint(tokenizer),
+                 json.dumps(options, sort_keys=True, default=str)):
+        h.update(part.encode())
+    return f"{cfg.stage.name}-{h.hexdigest()[:24]}"
+
+
+def cached_prepare(stage, rows: List[dict], tokenizer, cfg) -> Tuple[object, dict]:
+    """stage.prepare(rows, tokenizer, cfg), read from the cache when an entry with the same key exists.
+    Returns (dataset, counts); counts gain data_cache: hit | miss | off."""
+    if not cfg.data.cache:
+        dataset, counts = prepare_parallel(stage, rows, tokenizer, cfg)
+        return dataset, {**counts, "data_cache": "off"}
+    from datasets import load_from_disk
+    from filelock import FileLock
+
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    key = cache_key(stage, rows, tokenizer, cfg)
+    entry = root / key
+    with FileLock(str(root / f"{key}.lock")):  # one process prepares; the others wait here, then load
+        if (entry / DONE).exists():
+            counts = json.loads((entry / DONE).read_text())
+            log.info("data: tokenized dataset from the cache %s", entry)
+            return load_from_disk(str(entry / "dataset")), {**counts, "data_cache": "hit"}
+        start = time.time()
+        dataset, counts = prepare_parallel(stage, rows, tokenizer, cfg)
+        if not hasattr(dataset, "save_to_disk"):  # a stage that returns something else than a datasets.Dataset
+            return dataset, {**counts, "data_cache": "off"}
+        tmp = root / f"{key}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        dataset.save_to_disk(str(tmp / "dataset"))
+        (tmp / DONE).write_text(json.dumps(dict(counts)))
+        shutil.rmtree(entry, ignore_errors=True)  # a partial entry left by a killed run
+        os.replace(tmp, entry)
+        log.info("data: tokenized %d records in %.1fs, cached in %s", len(rows), time.time() - start, entry)
+    # memory-mapped from the cache: the same object whichever process prepared it
+    return load_from_disk(str(entry / "dataset")), {**counts, "data_cache": "miss"}
+
+
+def prepare_parallel(stage, rows: List[dict], tokenizer, cfg) -> Tuple[object, Counter]:
+    """stage.prepare over data.num_proc contiguous shards in worker processes, concatenated in order.
+    (pt: each shard packs its own blocks, so at most num_proc short tails are dropped instead of one.)"""
+    workers = cfg.data.num_proc or 1
+    if workers <= 1 or len(rows) < 2 * workers:
+        return stage.prepare(rows, tokenizer, cfg)
+    from datasets import concatenate_datasets
+
+    size = -(-len(rows) // workers)
+    shards = [rows[i:i + size] for i in range(0, len(rows), size)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(_prepare_shard, [stage.__name__] * len(shards), shards,
+                                [tokenizer] * len(shards), [cfg] * len(shards)))
+    counts: Counter = Counter()
+    for _, shard_counts in results:
+        counts.update(shard_counts)
+    return concatenate_datasets([dataset for dataset, _ in results]), counts
+
+
+def _prepare_shard(module_name: str, rows: List[dict], tokenizer, cfg):
+    import importlib
+
+    return importlib.import_module(module_name).prepare(rows, tokenizer, cfg)

@@ -1,0 +1,327 @@
+"""Data at scale: the dataset zoo configs, data.mix, data.streaming, the tokenization cache and
+`python -m medgpt.data inspect`. All on local data (the hub is replaced by local stand-ins)."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import CONF, DEMO, SAMPLES, compose, run_cli, train_in_process
+from medgpt.errors import UserError
+
+DATA_FILES = sorted((CONF / "data").glob("*.yaml"))
+ZOO = [p.stem for p in DATA_FILES if "hub_name:" in p.read_text()]
+# a value for each column our formats read, by our column name
+STAND_IN = {"text": "Aspirin thins the blood.", "instruction": "What is aspirin?", "input": "", "output": "A drug.",
+            "conversations": [{"from": "human", "value": "What is aspirin?"}, {"from": "gpt", "value": "A drug."}],
+            "question": "What is aspirin?", "response_chosen": "A drug.", "response_rejected": "A fruit.",
+            "prompt": "What is aspirin?", "chosen": "A drug.", "rejected": "A fruit."}
+
+
+def declared_stages(path: Path):
+    """The stages a data config declares (`stages:`), else the <stage> of a <stage>_demo.yaml, else sft."""
+    stages = OmegaConf.load(path).get("stages") or []
+    if not stages and path.stem.endswith("_demo"):
+        stages = [path.stem[:-len("_demo")]]
+    return list(stages) or ["sft"]
+
+
+@pytest.mark.parametrize("path", DATA_FILES, ids=lambda p: p.stem)
+def test_every_data_config_composes_with_its_stage(path):
+    from medgpt.data.formats import FORMATS
+
+    stages = [s for s in declared_stages(path) if (CONF / "stage" / f"{s}.yaml").exists()]
+    if not stages:
+        pytest.skip(f"{path.stem} serves {declared_stages(path)}: no such stage config in this checkout")
+    cfg = compose(f"stage={stages[0]}", f"data={path.stem}")
+    assert cfg.data.name == path.stem
+    assert cfg.data.train_files or cfg.data.hub_name or cfg.data.mix
+    if cfg.data.hub_name:  # zoo entries name their format, and their columns give that format's keys
+        assert cfg.data.format in FORMATS
+        assert FORMATS[cfg.data.format].keys <= set(cfg.data.columns.values())
+        assert cfg.data.stages
+
+
+def test_zoo_covers_the_medicalgpt_datasets():
+    hub_names = {OmegaConf.load(CONF / "data" / f"{name}.yaml").hub_name for name in ZOO}
+    for expected in ("shibing624/medical", "shibing624/huatuo_medical_qa_sharegpt", "shibing624/sharegpt_gpt4",
+                     "BelleGroup/train_0.5M_CN", "BelleGroup/train_1M_CN", "shibing624/alpaca-zh",
+                     "Chinese-Vicuna/guanaco_belle_merge_v1.0", "FreedomIntelligence/ShareGPT-CN",
+                     "Linly-AI/Chinese-pretraining-dataset", "pleisto/wikipedia-cn-20230720-filtered",
+                     "shibing624/DPO-En-Zh-20k-Preference", "tasksource/oasst1_pairwise_rlhf_reward",
+                     "Dahoas/full-hh-rlhf", "liyucheng/zhihu_rlhf_3k"):
+        assert expected in hub_names
+    subsets = {OmegaConf.load(CONF / "data" / f"{n}.yaml").hub_subset
+               for n in ZOO if n.startswith("shibing624_medical")}
+    assert subsets == {"pretrain", "finetune", "reward"}
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_config_loads_through_the_hub_path(name, monkeypatch):
+    """datasets.load_dataset replaced by a local stand-in holding the source columns the config maps."""
+    import datasets
+
+    from medgpt.data import load_data
+    from medgpt.data.formats import FORMATS
+    from medgpt.data.mix import data_config
+
+    cfg = data_config(name)
+    record = {source: STAND_IN[ours] for source, ours in cfg.columns.items()} | {"lang": "zh"}
+    calls = []
+
+    def fake_load_dataset(path, subset=None, split=None, streaming=False):
+        calls.append((path, subset, split, streaming))
+        return datasets.Dataset.from_list([record] * 3)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    stage = OmegaConf.create({"name": cfg.stages[0], "formats": [cfg.format]})
+    train, _ = load_data(cfg, stage)
+    assert calls == [(cfg.hub_name, cfg.hub_subset, cfg.hub_split, False)]
+    assert len(train.rows) == 3 and dict(train.formats) == {cfg.format: 3}
+    row, kind = train.rows[0], FORMATS[cfg.format].kind
+    if kind == "text":
+        assert row == {"text": STAND_IN["text"]}
+    elif kind == "chat":
+        assert row["messages"][-1] == {"role": "assistant", "content": "A drug."}
+    else:
+        assert row["chosen"][0]["content"] == "A drug." and row["rejected"][0]["content"] == "A fruit."
+
+
+def test_real_load_dataset_reads_a_local_folder_as_hub_name(tmp_path):
+    from medgpt.data import load_data
+    from medgpt.data.mix import data_config
+
+    folder = tmp_path / "alpaca_like"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n".join(json.dumps({"instruction": f"q{i}", "input": "", "output": f"a{i}"})
+                                                  for i in range(4)))
+    cfg = data_config("shibing624_alpaca-zh")
+    cfg.hub_name = str(folder)
+    train, _ = load_data(cfg, compose("stage=sft").stage)
+    assert [r["messages"][-1]["content"] for r in train.rows] == ["a0", "a1", "a2", "a3"]
+
+
+def test_data_for_another_stage_is_refused():
+    from medgpt.data import load_data
+
+    cfg = compose("stage=pt", "data=medical_sft")
+    with pytest.raises(UserError, match="serves stage\\(s\\) sft, not stage=pt"):
+        load_data(cfg.data, cfg.stage)
+
+
+# ---------------------------------------------------------------- mixing
+
+def write_chats(path: Path, tag: str, n: int) -> Path:
+    path.write_text("\n".join(json.dumps({"instruction": f"{tag} question {i}", "output": f"{tag} answer {i}"})
+                              for i in range(n)) + "\n")
+    return path
+
+
+def mixed(tmp_path, mix, seed=0, **data):
+    from medgpt.data import load_data
+
+    cfg = compose("stage=sft", "data=sft_demo", "data.eval_split=0", "data.train_files=[]")
+    cfg.data.mix = mix
+    for key, value in data.items():
+        cfg.data[key] = value
+    return load_data(cfg.data, cfg.stage, seed=seed)[0]
+
+
+def test_mix_by_weight_is_seeded_and_counts_sources(tmp_path):
+    a, b = write_chats(tmp_path / "a.jsonl", "A", 10), write_chats(tmp_path / "b.jsonl", "B", 30)
+    mix = [{"name": str(a), "weight": 3}, {"name": str(b), "weight": 1}]
+    records = mixed(tmp_path, mix, max_samples=40)
+    assert dict(records.sources) == {str(a): 30, str(b): 10}  # A repeated 3x to reach its share
+    tags = [r["messages"][0]["content"][0] for r in records.rows]
+    assert tags.count("A") == 30 and tags.count("B") == 10
+    assert len({r["messages"][0]["content"] for r in records.rows if r["messages"][0]["content"][0] == "A"}) == 10
+    again, other = mixed(tmp_path, mix, max_samples=40), mixed(tmp_path, mix, seed=1, max_samples=40)
+    assert again.rows == records.rows and other.rows != records.rows
+
+
+def test_mix_concatenates_without_weights_and_takes_data_configs(tmp_path):
+    a = write_chats(tmp_path / "a.jsonl", "A", 5)
+    records = mixed(tmp_path, [str(a), {"name": "sft_demo", "max_samples": 7}])
+    assert dict(records.sources) == {str(a): 5, "sft_demo": 7}
+    assert records.rows[0]["messages"][0]["content"] == "A question 0" and len(records.rows) == 12
+    with pytest.raises(UserError, match="weight to every entry"):
+        mixed(tmp_path, [{"name": str(a), "weight": 1}, "sft_demo"])
+    with pytest.raises(UserError, match="serves stage"):
+        mixed(tmp_path, ["medical_pt"])
+
+
+def test_mixed_data_report_counts_each_source(tiny_tokenizer, caplog, cache_dir):
+    """The report medgpt.run writes into metrics.json carries the realised count of each source."""
+    from medgpt.run import prepare_datasets
+    from medgpt.stages import sft
+
+    cfg = compose("data=medical_sft_mix", "data.max_samples=40", "data.eval_split=0", "model.max_length=256")
+    with caplog.at_level("INFO", logger="medgpt.data.mix"):
+        train, _, report = prepare_datasets(cfg, sft, tiny_tokenizer)
+    assert report["mix"] == {"sft_demo": 10, "medical_sft": 30} and report["train_records"] == 40
+    assert len(train) == 40 - report.get("dropped_no_loss", 0)
+    assert "'sft_demo': 10, 'medical_sft': 30" in caplog.text
+
+
+# ---------------------------------------------------------------- streaming
+
+def test_streaming_pt_trains_and_packs_like_the_in_memory_path(tmp_path, tiny_tokenizer):
+    from medgpt.data.loading import read_records
+    from medgpt.data.streaming import pack_blocks
+    from medgpt.data.tokenize import tokenize_blocks
+
+    texts = [r["text"] for _, r in read_records(SAMPLES / "en_article_tail500.txt")]
+    streamed = list(pack_blocks(iter(texts), tiny_tokenizer, 128))
+    in_memory = tokenize_blocks([{"text": t} for t in texts], tiny_tokenizer, 128)[0]["input_ids"]
+    assert streamed == in_memory and all(len(b) == 128 for b in streamed)
+
+    run_dir, metrics = train_in_process(tmp_path, "stage=pt", "data=medical_pt", "data.streaming=true",
+                                        "data.block_size=64", "stage.args.max_steps=3")
+    assert metrics["streaming"] is True and metrics["global_step"] == 3
+    assert metrics["tokens_seen"] == 3 * 4 * 64  # 3 steps x batch 4 x full blocks
+
+
+def test_streaming_without_max_steps_or_with_bad_data_fails_before_the_model(tmp_path, monkeypatch):
+    import medgpt.models
+
+    monkeypatch.setattr(medgpt.models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(UserError, match="needs stage.args.max_steps"):
+        train_in_process(tmp_path, "stage=pt", "data=pt_demo", "data.streaming=true")
+    with pytest.raises(UserError, match="does not accept"):  # chats streamed into pt: caught on the first record
+        train_in_process(tmp_path, "stage=pt", "data=sft_demo", "data.streaming=true", "data.eval_split=0",
+                         "stage.args.max_steps=2")
+
+
+def test_streaming_sft_reads_a_hub_stream(monkeypatch, tiny_tokenizer):
+    import datasets
+
+    from medgpt.data.streaming import streaming_dataset
+
+    def fake_load_dataset(path, subset=None, split=None, streaming=False):
+        assert streaming and path == "shibing624/medical" and subset == "finetune"
+        return datasets.IterableDataset.from_generator(
+            lambda: ({"instruction": f"q{i}", "input": "", "output": f"answer {i}"} for i in range(10)))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cfg = compose("stage=sft", "data=shibing624_medical_finetune", "data.streaming=true", "stage.args.max_steps=2")
+    samples = list(streaming_dataset(cfg, tiny_tokenizer))
+    assert len(samples) == 10
+    answers = sorted(tiny_tokenizer.decode([t for t in s["labels"] if t != -100]) for s in samples)
+    assert answers[0].startswith("answer 0")
+
+
+# ---------------------------------------------------------------- cache
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDGPT_DATA_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def sft_rows(n=40):
+    from medgpt.data.loading import load_split
+
+    return load_split([SAMPLES / "medical_sft_1K_format.jsonl"], accepted=["sharegpt"], max_samples=n).rows
+
+
+def test_cache_reuses_and_invalidates(cache_dir, tiny_tokenizer):
+    import copy
+
+    from medgpt.data.cache import cached_prepare
+    from medgpt.stages import sft
+
+    cfg, rows = compose("stage=sft", "model.max_length=256"), sft_rows()
+    first, counts = cached_prepare(sft, rows, tiny_tokenizer, cfg)
+    assert counts["data_cache"] == "miss"
+    again, counts_again = cached_prepare(sft, rows, tiny_tokenizer, cfg)
+    assert counts_again["data_cache"] == "hit" and again["input_ids"] == first["input_ids"]
+    assert counts_again["truncated"] == counts["truncated"] > 0  # counts come back from the cache too
+
+    cfg_lr = compose("stage=sft", "model.max_length=256", "stage.args.learning_rate=1e-3")
+    assert cached_prepare(sft, rows, tiny_tokenizer, cfg_lr)[1]["data_cache"] == "hit"  # not a data option
+
+    changed = copy.deepcopy(rows)
+    changed[5]["messages"][-1]["content"] += " (edited)"
+    assert cached_prepare(sft, changed, tiny_tokenizer, cfg)[1]["data_cache"] == "miss"
+
+    from medgpt.templates import load_template
+
+    other_template = copy.copy(tiny_tokenizer)
+    other_template.chat_template = load_template("chatml")
+    assert other_template.chat_template != tiny_tokenizer.chat_template
+    assert cached_prepare(sft, rows, other_template, cfg)[1]["data_cache"] == "miss"
+
+    cfg_len = compose("stage=sft", "model.max_length=128")
+    assert cached_prepare(sft, rows, tiny_tokenizer, cfg_len)[1]["data_cache"] == "miss"
+    assert len([p for p in cache_dir.iterdir() if p.is_dir()]) == 4
+
+    cfg_off = compose("stage=sft", "model.max_length=256", "data.cache=false")
+    assert cached_prepare(sft, rows, tiny_tokenizer, cfg_off)[1]["data_cache"] == "off"
+
+
+def test_concurrent_processes_prepare_once(cache_dir, tiny_tokenizer, monkeypatch):
+    from medgpt.data.cache import cached_prepare
+    from medgpt.stages import sft
+
+    calls, real_prepare = [], sft.prepare
+
+    def counting_prepare(rows, tokenizer, cfg):
+        calls.append(1)
+        return real_prepare(rows, tokenizer, cfg)
+
+    monkeypatch.setattr(sft, "prepare", counting_prepare)
+    cfg, rows = compose("stage=sft", "model.max_length=256"), sft_rows(20)
+    results = [None, None]
+
+    def rank(i):
+        results[i] = cached_prepare(sft, rows, tiny_tokenizer, cfg)
+
+    threads = [threading.Thread(target=rank, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert sorted(r[1]["data_cache"] for r in results) == ["hit", "miss"]
+    assert results[0][0]["input_ids"] == results[1][0]["input_ids"]
+
+
+def test_num_proc_workers_give_the_same_tokens(tiny_tokenizer):
+    from medgpt.data.cache import prepare_parallel
+    from medgpt.stages import sft
+
+    rows = sft_rows(30)
+    one = prepare_parallel(sft, rows, tiny_tokenizer, compose("stage=sft", "model.max_length=256"))
+    two = prepare_parallel(sft, rows, tiny_tokenizer, compose("stage=sft", "model.max_length=256", "data.num_proc=2"))
+    assert one[0]["input_ids"] == two[0]["input_ids"] and one[1] == two[1]
+
+
+# ---------------------------------------------------------------- inspect
+
+def test_inspect_reports_lengths_loss_share_and_marked_examples(capsys):
+    from medgpt.data.inspect import LOSS_CLOSE, LOSS_OPEN, main
+
+    stats = main(["inspect", "data=medical_sft", "model=tiny", "data.max_samples=60", "data.eval_split=0"])
+    out = capsys.readouterr().out
+    assert stats["train_records"] == 60 and "loss share" in out and "p95" in out
+    pct = stats["length_percentiles"]
+    assert pct["p50"] <= pct["p90"] <= pct["p99"] <= pct["max"]
+    assert stats["over_max_length"] > 0  # the sample has answers longer than the tiny model's 512 tokens
+    assert 0.3 < stats["loss_token_share"] < 1
+    first_answer = sft_rows(1)[0]["messages"][-1]["content"]
+    assert f"{LOSS_OPEN}{first_answer}" in stats["examples"][0] and stats["examples"][0].count(LOSS_OPEN) == 1
+    assert "user" in stats["examples"][0].split(LOSS_OPEN)[0]  # the prompt is outside the marked span
+
+
+def test_inspect_picks_the_data_stage_and_runs_as_a_module():
+    from medgpt.data.inspect import LOSS_OPEN, compose as inspect_compose, inspect_data
+
+    stats = inspect_data(inspect_compose(["data=medical_pt"]))
+    assert stats["stage"] == "pt" and stats["loss_token_share"] == 1.0 and stats["pt_blocks"] > 0
+
+    done = run_cli("inspect", "data=medical_sft", "model=tiny", "data.max_samples=20", module="medgpt.data")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loss share" in done.stdout and LOSS_OPEN in done.stdout
