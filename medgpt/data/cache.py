@@ -61,8 +61,9 @@ def cache_key(stage, rows: List[dict], tokenizer, cfg) -> str:
     from medgpt.data import tokenize
 
     args = OmegaConf.to_container(cfg.stage.args, resolve=True)
+    stage_fields = {k: v for k, v in OmegaConf.to_container(cfg.stage, resolve=True).items() if k != "args"}
     options = {
-        "stage": cfg.stage.name, "module": cfg.stage.module,
+        "stage": stage_fields,  # name, module, formats, reward functions/model (checked in prepare)
         "code": [inspect.getsource(stage), inspect.getsource(tokenize)],
         "template": tokenizer.chat_template,
         "max_length": cfg.data.max_length or cfg.model.max_length, "overlong": cfg.data.overlong,
