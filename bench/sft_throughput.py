@@ -8,7 +8,8 @@ Modes (each a fresh model with the same seed, AdamW, one plain training loop sha
 batching / loss path differs):
   a_medicalgpt   random order, dynamic padding to the longest in the batch (supervised_finetuning.py's batches)
   b_group_len    transformers' group_by_length batches (random megabatches sorted by length)
-  c_default      medgpt's default: token-budget batches (rows x longest <= batch size x max length)
+  c_default      medgpt's default: token-budget batches (rows x longest <= batch size x max length), right
+                 padding without an attention mask (causal attention never looks at the pads after a token)
   d_packing      samples packed into max-length rows, positions restarting per sample (padding-free)
   d_varlen       d_packing with medgpt's variable-length flash attention (GPU only; medgpt.attention)
   e_chunked      c_default + chunked loss (no full-vocabulary logits; medgpt.losses)
@@ -80,6 +81,7 @@ def make_model(device: str, cache: Path, varlen: bool = False):
 
 PACKED_MODES = ("d_packing", "d_varlen", "i_best", "j_compiled")
 VARLEN_MODES = ("d_varlen", "i_best", "j_compiled")
+OURS = ("c_default", "e_chunked", "f_big_chunked", "h_e_32x1024")  # token-budget batches, as medgpt trains
 CHECKPOINTED_MODES = ("f_big_chunked", "h_e_32x1024", "i_best")
 CHUNKED_MODES = ("e_chunked", "f_big_chunked", "h_e_32x1024", "i_best")
 
@@ -124,12 +126,15 @@ def batches_for(mode: str, lengths, batch: int, max_length: int, rng: random.Ran
 def collate(mode: str, columns, batch_indices, pad_id: int, device: str):
     import torch
 
-    from medgpt.batching import pad_collate
+    from medgpt.batching import drop_causal_padding_mask, pad_collate
 
     if mode not in PACKED_MODES:
         examples = [{"input_ids": columns["input_ids"][i], "labels": columns["labels"][i]} for i in batch_indices]
         out = pad_collate(examples, pad_id)
-        return {k: v.to(device) for k, v in out.items()}, int(out["attention_mask"].sum()), out["input_ids"].numel()
+        real = int(out["attention_mask"].sum())
+        if mode in OURS:  # as medgpt's SFT trainer: right padding needs no mask under causal attention
+            out = drop_causal_padding_mask(out)
+        return {k: v.to(device) for k, v in out.items()}, real, out["input_ids"].numel()
     ids, labels, positions = [], [], []
     for row in batch_indices:
         ids.append([t for i in row for t in columns["input_ids"][i]])

@@ -98,6 +98,21 @@ def plan_batches(strategy: str, lengths: Sequence[int], batch_size: int, max_tok
     raise UserError(f"stage.batching={strategy}: use one of {', '.join(STRATEGIES)}")
 
 
+def drop_causal_padding_mask(batch: dict) -> dict:
+    """Right padding never reaches a real token under causal attention (pads come after it), and pads carry
+    label -100: so the padding mask is redundant in training. Without it attention takes the fast causal kernel
+    instead of a masked one. Left-padded or holey masks are kept."""
+    mask = batch.get("attention_mask")
+    if mask is not None and "position_ids" not in batch and bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        batch = {k: v for k, v in batch.items() if k != "attention_mask"}
+    return batch
+
+
+def collate_without_causal_padding_mask(collate, rows):
+    """A DataLoader collate_fn (use with functools.partial): the wrapped collator's batch, padding mask dropped."""
+    return drop_causal_padding_mask(collate(rows))
+
+
 def pad_collate(examples: List[dict], pad_id: int) -> dict:
     """Right-pad input_ids / labels (-100) to the longest in the batch; attention mask marks real tokens."""
     longest = max(len(e["input_ids"]) for e in examples)

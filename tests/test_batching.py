@@ -90,3 +90,20 @@ def test_sft_trainer_uses_the_batch_plan(tmp_path):
     sizes = [batch["input_ids"].shape for batch in trainer.get_train_dataloader()]
     assert sum(s[0] for s in sizes) == len(train)
     assert all(s[0] * s[1] <= 512 for s in sizes) and max(s[0] for s in sizes) > 4
+
+
+def test_right_padding_mask_is_redundant_under_causal_attention(tiny_dir):
+    """Dropping the mask of a right-padded batch changes no loss: pads only follow real tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from medgpt.batching import drop_causal_padding_mask
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    batch = pad_collate([{"input_ids": list(range(5, 17)), "labels": [-100] * 4 + list(range(9, 17))},
+                         {"input_ids": list(range(20, 25)), "labels": [-100, -100, 22, 23, 24]}], 0)
+    fast = drop_causal_padding_mask(batch)
+    assert "attention_mask" not in fast
+    with torch.no_grad():
+        torch.testing.assert_close(model(**fast).loss, model(**batch).loss, atol=1e-6, rtol=1e-5)
+    left = {**batch, "attention_mask": torch.tensor([[1] * 12, [0] * 7 + [1] * 5])}
+    assert "attention_mask" in drop_causal_padding_mask(left)  # left padding keeps its mask

@@ -2,6 +2,8 @@
 
     python train.py stage=sft data.train_files=[../shared/data/medicalgpt-samples/medical_sft_1K_format.jsonl]
 """
+import functools
+
 from datasets import Dataset
 
 from medgpt.data.tokenize import tokenize_chats
@@ -25,6 +27,8 @@ def trainer_class():
     from torch.utils.data import DataLoader
     from trl import SFTTrainer
 
+    from medgpt.batching import collate_without_causal_padding_mask
+
     class BatchedSFTTrainer(SFTTrainer):
         batch_plan = None
         chunked_loss = False
@@ -40,8 +44,9 @@ def trainer_class():
             if self.batch_plan is None:
                 return super().get_train_dataloader()
             dataset = self._remove_unused_columns(self.train_dataset, description="training")
+            collate = functools.partial(collate_without_causal_padding_mask, self.data_collator)
             return self.accelerator.prepare(DataLoader(
-                dataset, batch_sampler=self.batch_plan, collate_fn=self.data_collator,
+                dataset, batch_sampler=self.batch_plan, collate_fn=collate,
                 num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory))
 
     return BatchedSFTTrainer
