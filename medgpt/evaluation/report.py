@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Dict
 
-SUMMARY_COLUMNS = ["task", "kind", "n", "accuracy", "margin", "exact_match", "f1", "rouge_l", "judge", "perplexity"]
+SUMMARY_COLUMNS = ["task", "kind", "n", "accuracy", "margin", "exact_match", "f1", "rouge_l", "judge", "perplexity",
+                   "acc", "acc_norm"]  # acc*: lm-evaluation-harness tasks
 
 
 def task_rows(metrics: Dict) -> list:
@@ -14,7 +15,7 @@ def task_rows(metrics: Dict) -> list:
     rows: Dict[str, dict] = {}
     for key, value in metrics.items():
         task, _, metric = key.rpartition("/")
-        if task and metric in SUMMARY_COLUMNS + ["kind"] and "/" not in task.removeprefix("eval/"):
+        if task and metric in SUMMARY_COLUMNS:
             rows.setdefault(task, {"task": task})[metric] = value
     return list(rows.values())
 
