@@ -88,7 +88,7 @@ def test_bad_eval_file_fails_with_line_before_the_model(tmp_path):
 def test_eval_configs_compose():
     cfg = compose("stage=eval")
     assert cfg.stage.module == "medgpt.stages.eval" and cfg.data.name == "eval_demo"
-    assert all(Path(f).exists() for f in cfg.data.eval_files) and len(cfg.data.eval_files) == 4
+    assert all(Path(f).exists() for f in cfg.data.eval_files) and len(cfg.data.eval_files) == 5
     assert compose("stage=eval", "eval.few_shot=2", "eval.mcq_scoring=text").eval.few_shot == 2
 
 
