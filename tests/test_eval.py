@@ -5,6 +5,7 @@ model, LoRA run folders, the judge hook, the lm-evaluation-harness bridge and th
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
@@ -175,6 +176,24 @@ def test_eval_of_lora_run_folder_all_kinds(tmp_path, lora_run):
     assert kept["pref_margin"] == pytest.approx(metrics["pref_margin"], rel=1e-3, abs=1e-5)
 
 
+def test_reward_model_scores_preferences_only(tmp_path, tiny_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from medgpt.errors import UserError
+
+    rm_dir = tmp_path / "rm"
+    AutoModelForSequenceClassification.from_pretrained(tiny_dir, num_labels=1).save_pretrained(rm_dir)
+    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(rm_dir)
+    pref = DEMO / "preference_demo.jsonl"
+    run_dir, metrics = train_in_process(tmp_path / "e", "stage=eval", f"model.path={rm_dir}",
+                                        f"data.eval_files=[{pref}]", "data.max_samples=4")
+    rows = read_jsonl(run_dir / "predictions" / "preference_demo.jsonl")
+    assert [r["score"] for r in rows] == [float(r["chosen_reward"] > r["rejected_reward"]) for r in rows]
+    assert metrics["pref_accuracy"] == pytest.approx(sum(r["score"] for r in rows) / 4)
+    with pytest.raises(UserError, match="reward model"):
+        train_in_process(tmp_path / "f", "stage=eval", f"model.path={rm_dir}", f"data.eval_files=[{MCQ}]")
+
+
 # ---- W&B, judge, lm-evaluation-harness, comparison ----
 
 def test_metrics_logged_to_wandb_under_eval(monkeypatch):
@@ -248,13 +267,17 @@ def test_lm_eval_local_task_on_our_model(tmp_path, lora_run):
 
 
 def test_compare_command_uses_the_sweep_table(untrained_eval, finetuned_run):
-    leaderboard = pytest.importorskip("medgpt.leaderboard")
-    from medgpt.evaluation.__main__ import compare, default_columns
+    pytest.importorskip("medgpt.leaderboard")
+    from medgpt.evaluation.__main__ import main
 
-    paths = [str(untrained_eval[0]), str(finetuned_run[0])]
-    rows = leaderboard.load_rows(paths)
-    assert len(rows) == 2
-    columns = default_columns(rows)
-    assert "mcq_accuracy" in columns and "eval/mcq_accuracy" in columns
-    table = compare(paths, sort="mcq_accuracy")
-    assert "mcq_accuracy" in table
+    (before_dir, before), (after_dir, after) = untrained_eval, finetuned_run
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["compare", str(before_dir), str(after_dir), "--sort=-mcq_accuracy", "--format", "csv"])
+    table = list(csv.DictReader(io.StringIO(out.getvalue())))
+    # best first; the eval_after_train run's eval/mcq_accuracy lands in the same column as stage=eval's
+    assert [float(r["mcq_accuracy"]) for r in table] == [after["eval/mcq_accuracy"], before["mcq_accuracy"]]
+    assert table[0]["job"] == f"{after_dir.parent.name}/{after_dir.name}" and "perplexity" not in table[0]

@@ -2,7 +2,7 @@
 
 Few-shot examples are other solved items of the same file, shown as earlier user/assistant turns.
 
-    python -c "from medgpt.evaluation.prompts import mcq_prompt; print(mcq_prompt({'question': 'Q?', 'options': {'A': 'x', 'B': 'y'}}))"
+    python -c "from medgpt.evaluation.prompts import mcq_prompt as p; print(p({'question': 'Q?', 'options': {'A': 'x'}}))"
 """
 from __future__ import annotations
 

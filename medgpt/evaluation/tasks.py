@@ -137,7 +137,8 @@ def score_mcq(ctx: Context, task: Task):
     for i, row in enumerate(task.rows):
         shots = prompts.shots(task.rows, i, cfg.eval.few_shot, cfg.seed)
         messages = prompts.mcq_messages(row, shots, scoring_mode, cfg.data.system_prompt)
-        flat += [ctx.reply_example(messages, prompts.mcq_target(row, letter, scoring_mode)) for letter in row["options"]]
+        flat += [ctx.reply_example(messages, prompts.mcq_target(row, letter, scoring_mode))
+                 for letter in row["options"]]
     scores = iter(ctx.logprobs(flat))
     correct = 0
     for row in task.rows:
