@@ -113,6 +113,25 @@ class GuardConfig:
 
 
 @dataclass
+class EvalConfig:
+    """What stage=eval and eval_after_train=true score (see docs/evaluation.md)."""
+    files: List[str] = field(default_factory=list)  # mcq/qa/chat/text/preference files; stage=eval adds data.eval_files
+    few_shot: int = 0  # solved examples from the same file, rendered as earlier chat turns
+    mcq_scoring: str = "letter"  # letter: log-likelihood of the option letter | text: mean log-likelihood of its text
+    batch_size: int = 8
+    max_new_tokens: int = 64  # generative QA
+    beta: float = 0.1  # preference files: implicit reward = beta * (log p_policy - log p_reference)
+    reference: Optional[str] = "auto"  # preference files: auto (a LoRA's base / the run's source) | none | <path>
+    predictions: bool = True  # write predictions/<file>.jsonl (question, prediction, gold, score)
+    judge_url: Optional[str] = None  # OpenAI-compatible endpoint for LLM-as-judge on QA; off when None
+    judge_model: str = "gpt-4o-mini"
+    judge_key_env: str = "OPENAI_API_KEY"  # name of the env var holding the judge's key (never the key itself)
+    lm_eval_tasks: List[str] = field(default_factory=list)  # lm-evaluation-harness task names (needs lm-eval)
+    lm_eval_include: List[str] = field(default_factory=list)  # folders of local lm-eval task YAMLs
+    lm_eval_limit: Optional[int] = None  # examples per lm-eval task
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     stage: StageConfig = MISSING
@@ -125,7 +144,8 @@ class RunConfig:
     resume: Optional[str] = None  # auto | <run folder> | <run folder>/checkpoints/checkpoint-N (medgpt/checkpoints.py)
     allow_pickle: bool = False  # load pickle (.bin) weights/checkpoints; off: safetensors only
     guard: GuardConfig = field(default_factory=GuardConfig)
-    eval_after_train: bool = False
+    eval_after_train: bool = False  # score eval.files with the trained model; keys land as eval/<metric>
+    eval: EvalConfig = field(default_factory=EvalConfig)
     objective: str = "train_loss"  # metrics.json key returned to Hydra sweepers (optuna minimises it)
 
 

@@ -152,14 +152,16 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     import transformers
 
     from medgpt import checkpoints, guard, hardware
+    from medgpt.evaluation import after_train_tasks, evaluate_after_train
     from medgpt.models import load_model, load_tokenizer, set_generation_defaults
 
     timer = tracking.Timer()
     _reset_peak_memory()  # jobs of a multirun share one process: each reports its own GPU peak
-    config_class = check_trainer_args(cfg)
-    resume_from = checkpoints.resume_checkpoint(cfg.resume, run_dir, cfg.allow_pickle)
-    hardware.check_hardware(cfg)
     stage = importlib.import_module(cfg.stage.module)
+    trains = not hasattr(stage, "run")  # stage=eval has run() instead of a trainer
+    config_class = check_trainer_args(cfg) if trains else None
+    resume_from = checkpoints.resume_checkpoint(cfg.resume, run_dir, cfg.allow_pickle) if trains else None
+    hardware.check_hardware(cfg)
     resolved = to_container(cfg)
     changed = checkpoints.config_changes(run_dir / "config.yaml", resolved) if resume_from else []
     if changed:
@@ -170,8 +172,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     transformers.set_seed(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model)
+    if not trains:
+        return run_without_trainer(cfg, run_dir, stage, tokenizer, resolved, timer)
     train_dataset, eval_dataset, data_report = prepare_datasets(cfg, stage, tokenizer)
     log.info("data: %s", data_report)
+    eval_tasks = after_train_tasks(cfg) if cfg.eval_after_train else None  # validated before the model loads
 
     run_name = cfg.run_name or tracking.default_run_name(run_dir)
     logger_args = tracking.start_logger(cfg.logger, run_dir, run_name, resolved)
@@ -200,6 +205,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     trainer.save_model(str(final))
     if tracking.is_main_process():
         _save_final_extras(final, cfg, trainer.model, tokenizer, set_generation_defaults)
+        if eval_tasks is not None:
+            metrics.update(evaluate_after_train(cfg, run_dir, trainer.model, tokenizer, eval_tasks))
         metrics["runtime_s"] = timer.elapsed()
         tracking.write_json(run_dir / "history.json", {"log_history": trainer.state.log_history})
         tracking.write_json(run_dir / "metrics.json", metrics)
@@ -214,6 +221,27 @@ def _reset_peak_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+
+
+def run_without_trainer(cfg: DictConfig, run_dir: Path, stage, tokenizer, resolved: dict, timer) -> Dict[str, Any]:
+    """A stage with run(cfg, run_dir, model, tokenizer, records) -> metrics (stage=eval): records load first
+    (stage.load), then the model (kind from stage.model_kind), then metrics.json like a training run."""
+    from medgpt import hardware
+    from medgpt.models import load_model
+
+    records = stage.load(cfg)
+    tracking.start_logger(cfg.logger, run_dir, cfg.run_name or tracking.default_run_name(run_dir), resolved)
+    precision = hardware.resolve_precision(cfg.hardware.precision, hardware.device_info())
+    model = load_model(cfg.model, cfg.hardware, kind=stage.model_kind(cfg), precision=precision, tokenizer=tokenizer,
+                       allow_pickle=cfg.allow_pickle)
+    metrics: Dict[str, Any] = {"status": "completed", "stage": cfg.stage.name, "model": cfg.model.name,
+                               "hardware": cfg.hardware.name, "run_dir": str(run_dir)}
+    metrics.update(stage.run(cfg, run_dir, model, tokenizer, records))
+    metrics["runtime_s"] = timer.elapsed()
+    if tracking.is_main_process():
+        tracking.write_json(run_dir / "metrics.json", metrics)
+    tracking.finish_logger(cfg.logger)
+    return metrics
 
 
 def _train_metrics(trainer, result) -> Dict[str, Any]:

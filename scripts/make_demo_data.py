@@ -147,8 +147,34 @@ def mcq(rng):
     return rows
 
 
+SPECIALISTS_ZH = {
+    "allergist": "变态反应科医生", "cardiologist": "心内科医生", "dermatologist": "皮肤科医生",
+    "endocrinologist": "内分泌科医生", "ENT specialist": "耳鼻喉科医生", "gastroenterologist": "消化内科医生",
+    "general practitioner": "全科医生", "general surgeon": "普通外科医生", "hematologist": "血液科医生",
+    "neurologist": "神经内科医生", "ophthalmologist": "眼科医生", "pediatrician": "儿科医生",
+    "psychiatrist": "精神科医生", "pulmonologist": "呼吸内科医生", "rheumatologist": "风湿免疫科医生",
+    "sleep specialist": "睡眠医学科医生", "urologist": "泌尿外科医生",
+}
+
+
+def mcq_zh(rng):
+    """The same questions in Chinese, in C-Eval / CMMLU columns (question, A, B, C, D, answer)."""
+    rows = []
+    for i, f in enumerate(map(fields, FACTS[:20])):
+        wrong = rng.sample([s for s in SPECIALISTS_ZH.values() if s != SPECIALISTS_ZH[f["d"]]], 3)
+        options = wrong + [SPECIALISTS_ZH[f["d"]]]
+        rng.shuffle(options)
+        rows.append({"id": i, "question": f"患了{f['zh']}应该看哪一科的医生？", **dict(zip("ABCD", options)),
+                     "answer": "ABCD"[options.index(SPECIALISTS_ZH[f["d"]])]})
+    return rows
+
+
+def article(noun):
+    return ("an " if noun[0].lower() in "aeio" or noun.startswith("ENT") else "a ") + noun  # but "a urologist"
+
+
 def qa():
-    return [{"question": f"Which doctor should I see for {f['n']}?", "answer": f"a {f['d']}"}
+    return [{"question": f"Which doctor should I see for {f['n']}?", "answer": article(f["d"])}
             for f in map(fields, FACTS)]
 
 
@@ -165,6 +191,7 @@ if __name__ == "__main__":
     write_jsonl("kto_demo.jsonl", unpaired(random.Random(2)))
     write_jsonl("grpo_demo.jsonl", grpo())
     write_jsonl("mcq_demo.jsonl", mcq(random.Random(3)))
+    write_jsonl("mcq_demo_zh.jsonl", mcq_zh(random.Random(4)))
     write_jsonl("qa_demo.jsonl", qa())
     (OUT / "pt_demo.txt").write_text(pt(), encoding="utf-8")
     print(f"wrote demo data to {OUT}")

@@ -5,7 +5,8 @@ Normalised kinds (what stages consume):
     text        {"text": str}                                               pt
     preference  {"prompt": [msgs], "chosen": [msg], "rejected": [msg]}      rm, dpo, orpo, simpo, kto
     unpaired    {"prompt": [msgs], "completion": [msg], "label": bool}      kto
-    prompt      {"prompt": [msgs], "answer": str | None}                    grpo, ppo
+    prompt      {"prompt": [msgs], "answer": str | None}                    grpo, ppo, eval (QA)
+    mcq         {"question": str, "options": {"A": str, ...}, "answer": "C"}  eval
 
     python -c "from medgpt.data.formats import convert; print(convert('alpaca', {'instruction': 'hi', 'output': 'yo'}))"
 """
@@ -184,6 +185,64 @@ def prompt_only(r: dict) -> dict:
             "answer": None if answer is None else str(answer)}
 
 
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _options(value) -> Dict[str, str]:
+    """{"A": "..."} | ["...", "..."] | "A. ...\nB. ..." (CMExam) -> {"A": "...", "B": "..."}."""
+    if isinstance(value, list):
+        value = dict(zip(LETTERS, value))
+    elif isinstance(value, str):
+        value = dict(_option_line(line) for line in value.splitlines() if line.strip())
+    if not isinstance(value, dict):
+        raise RecordError(f"'options' must be an object, a list or lines, got {type(value).__name__}",
+                          'write options as {"A": "...", "B": "..."}')
+    options = {str(k).strip().upper(): _text(v, f"option {k}").strip() for k, v in value.items()}
+    if len(options) < 2 or any(k not in LETTERS for k in options) or not all(options.values()):
+        raise RecordError(f"options need two or more non-empty choices keyed by letters, got {sorted(options)}",
+                          'write options as {"A": "...", "B": "..."}')
+    return options
+
+
+def _option_line(line: str):
+    letter, rest = line.strip()[:1].upper(), line.strip()[1:].lstrip(" .:：、)）\t")
+    if letter not in LETTERS or not rest:
+        raise RecordError(f"option line '{line.strip()}' does not start with a letter", "write 'A. text' lines")
+    return letter, rest
+
+
+def _choice(value, options: Dict[str, str]) -> str:
+    """The gold letter: a letter key, or the text of one option (MedQA keeps both; answer_idx is the letter)."""
+    answer = _text(value, "answer").strip()
+    if answer.upper() in options:
+        return answer.upper()
+    by_text = [k for k, v in options.items() if v == answer]
+    if by_text:
+        return by_text[0]
+    if len(answer) > 1 and all(c in options for c in answer.upper()):
+        raise RecordError(f"answer '{answer}' has several letters (multi-answer question)",
+                          "keep single-answer questions only")
+    raise RecordError(f"answer '{answer}' is neither an option letter ({', '.join(options)}) nor an option's text",
+                      "give the letter of the correct option")
+
+
+def mcq(r: dict) -> dict:
+    options = _options(r["options"])
+    return {"question": _text(r["question"], "question").strip(), "options": options,
+            "answer": _choice(r.get("answer_idx", r["answer"]), options)}
+
+
+def ceval(r: dict) -> dict:
+    """C-Eval / CMMLU columns: question, A, B, C, D, answer (a letter)."""
+    return mcq({"question": r["question"], "answer": r["answer"],
+                "options": {k: r[k] for k in LETTERS if k in r and r[k] is not None}})
+
+
+def cmexam(r: dict) -> dict:
+    """CMExam columns: Question, Options ("A xxx\nB yyy" lines), Answer (a letter)."""
+    return mcq({"question": r["Question"], "options": r["Options"], "answer": r["Answer"]})
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -213,6 +272,12 @@ FORMATS: Dict[str, Format] = {f.name: f for f in [
            '{"prompt": "...", "completion": "...", "label": true}'),
     Format("prompt", "prompt", frozenset({"prompt"}), prompt_only, '{"prompt": "...", "answer": "..."}'),
     Format("question", "prompt", frozenset({"question"}), prompt_only, '{"question": "...", "answer": "..."}'),
+    Format("mcq", "mcq", frozenset({"question", "options", "answer"}), mcq,
+           '{"question": "...", "options": {"A": "...", "B": "..."}, "answer": "B"}'),
+    Format("ceval", "mcq", frozenset({"question", "A", "B", "answer"}), ceval,
+           '{"question": "...", "A": "...", "B": "...", "C": "...", "D": "...", "answer": "B"}'),
+    Format("cmexam", "mcq", frozenset({"Question", "Options", "Answer"}), cmexam,
+           '{"Question": "...", "Options": "A ...\\nB ...", "Answer": "B"}'),
 ]}
 
 

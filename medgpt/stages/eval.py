@@ -1,0 +1,60 @@
+"""Evaluation as a stage: no training; scores a model (a run folder, final/, LoRA adapter, hub id) on eval files.
+
+Files come from data.eval_files and eval.files (mcq / qa / chat / text / preference, detected per file). Writes
+metrics.json (mcq_accuracy, qa_f1, perplexity, pref_accuracy, <file>/<metric>, ...) and predictions/<file>.jsonl.
+
+    python train.py stage=eval model.path=outputs/runs/sft-tiny-cpu/<stamp> data=eval_demo eval.few_shot=2
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medgpt.errors import UserError
+
+MODEL_KIND = "causal"
+
+
+def load(cfg):
+    """Validated tasks, before any model is loaded (run.py calls this first)."""
+    from medgpt.evaluation import load_tasks
+
+    files = list(cfg.data.eval_files) + list(cfg.eval.files)
+    if not files and not cfg.eval.lm_eval_tasks:
+        raise UserError("stage=eval has nothing to score: set data.eval_files=[...] or eval.files=[...] "
+                        "(mcq/qa/chat/text/preference files), or eval.lm_eval_tasks=[...]")
+    if cfg.eval.lm_eval_tasks:
+        from medgpt.evaluation.harness import require_lm_eval
+
+        require_lm_eval()
+    tasks = load_tasks(cfg, files)
+    if model_kind(cfg) == "reward" and any(t.kind != "preference" for t in tasks):
+        raise UserError(f"model.path={cfg.model.path} is a reward model: it can only score preference files, not "
+                        f"{', '.join(t.name for t in tasks if t.kind != 'preference')}")
+    return tasks
+
+
+def model_kind(cfg) -> str:
+    """reward for a reward model (stage=rm output, full or LoRA), else causal."""
+    from medgpt.models import resolve_path
+
+    path = Path(resolve_path(cfg.model.path, cfg.model.tiny))
+    adapter, config = path / "adapter_config.json", path / "config.json"
+    if adapter.exists():
+        return "reward" if json.loads(adapter.read_text()).get("task_type") == "SEQ_CLS" else "causal"
+    if config.exists():
+        architectures = json.loads(config.read_text()).get("architectures") or []
+        return "reward" if any(a.endswith("ForSequenceClassification") for a in architectures) else "causal"
+    return "causal"
+
+
+def run(cfg, run_dir, model, tokenizer, tasks):
+    from medgpt.evaluation import evaluate
+    from medgpt.evaluation.report import publish
+    from medgpt.models import adapter_base, resolve_path, run_info
+
+    path = resolve_path(cfg.model.path, cfg.model.tiny)
+    reference = adapter_base(path) or run_info(path).get("source")  # what a DPO policy started from
+    metrics = {"model_path": path, **evaluate(cfg, run_dir, model, tokenizer, tasks, reference=reference)}
+    publish(metrics, run_dir)
+    return metrics
