@@ -5,20 +5,23 @@ token budget per step and number of steps. Prints a table and one final `name=va
     python bench/sft_throughput.py --device cuda      # GPU: Qwen2.5-1.5B shape, vocab 151,936, bf16, max len 1024
 
 Modes (each a fresh model with the same seed, AdamW, one plain training loop shared by all modes, so only the
-batching / loss path differs):
+batching / attention / loss path differs). a and b compute the loss from full logits, as MedicalGPT's
+transformers Trainer does; medgpt's modes use TRL's fused LM head, as its SFTTrainer does (only labelled
+positions projected, in tiles; where TRL is not installed, e.g. a bare GPU box, an equivalent chunked loss):
   a_medicalgpt   random order, dynamic padding to the longest in the batch (supervised_finetuning.py's batches)
   b_group_len    transformers' group_by_length batches (random megabatches sorted by length)
   c_default      medgpt's default: token-budget batches (rows x longest <= batch size x max length), right
-                 padding without an attention mask (causal attention never looks at the pads after a token)
-  d_packing      samples packed into max-length rows, positions restarting per sample (padding-free)
+                 padding without an attention mask (causal attention never looks at the pads after a token),
+                 fused LM head
+  c_full_logits  c_default's batches with the full-logits loss (ablation)
+  d_packing      samples packed into max-length rows, positions restarting per sample (padding-free), fused head
   d_varlen       d_packing with medgpt's variable-length flash attention (GPU only; medgpt.attention)
-  e_chunked      c_default + chunked loss (no full-vocabulary logits; medgpt.losses)
 GPU only:
   j_compiled     d_varlen with torch.compile (not in the default list: recompiles as sample boundaries change)
-  i_best         packing into 4x as many rows, varlen attention, chunked loss, activation checkpointing
-  f_big_chunked  token budget 4x with the chunked loss and activation checkpointing
+  i_best         packing into 4x as many rows, varlen attention, fused head, activation checkpointing
+  f_big          token budget 4x, fused head, activation checkpointing
   g_a_32x1024    a_medicalgpt at batch 32 x 1024 (MedicalGPT OOMs there on an H200)
-  h_e_32x1024    e_chunked at a 32 x 1024 token budget, with activation checkpointing
+  h_c_32x1024    c_default at a 32 x 1024 token budget, with activation checkpointing
 """
 from __future__ import annotations
 
@@ -81,9 +84,9 @@ def make_model(device: str, cache: Path, varlen: bool = False):
 
 PACKED_MODES = ("d_packing", "d_varlen", "i_best", "j_compiled")
 VARLEN_MODES = ("d_varlen", "i_best", "j_compiled")
-OURS = ("c_default", "e_chunked", "f_big_chunked", "h_e_32x1024")  # token-budget batches, as medgpt trains
-CHECKPOINTED_MODES = ("f_big_chunked", "h_e_32x1024", "i_best")
-CHUNKED_MODES = ("e_chunked", "f_big_chunked", "h_e_32x1024", "i_best")
+OURS = ("c_default", "c_full_logits", "f_big", "h_c_32x1024")  # token-budget batches, as medgpt trains
+CHECKPOINTED_MODES = ("f_big", "h_c_32x1024", "i_best")
+FUSED_MODES = ("c_default", "d_packing", "d_varlen", "f_big", "h_c_32x1024", "i_best", "j_compiled")
 
 
 def pack_rows(lengths, row_len: int, rng: random.Random):
@@ -110,11 +113,11 @@ def batches_for(mode: str, lengths, batch: int, max_length: int, rng: random.Ran
         return random_batches(len(lengths), 32 if mode == "g_a_32x1024" else batch, rng)
     if mode == "b_group_len":
         return length_grouped_batches(lengths, batch, rng)
-    if mode in ("c_default", "e_chunked"):
+    if mode in ("c_default", "c_full_logits"):
         return token_budget_batches(lengths, batch * max_length, rng)
-    if mode == "f_big_chunked":
+    if mode == "f_big":
         return token_budget_batches(lengths, 4 * batch * max_length, rng)
-    if mode == "h_e_32x1024":
+    if mode == "h_c_32x1024":
         return token_budget_batches(lengths, 32 * 1024, rng)
     if mode in PACKED_MODES:
         rows = pack_rows(lengths, max_length, rng)
@@ -155,10 +158,42 @@ def collate(mode: str, columns, batch_indices, pad_id: int, device: str):
     return batch, real, longest * len(ids)
 
 
+def chunked_loss(model, inputs, chunk_size: int = 4096):
+    """Stand-in for TRL's fused LM head where TRL is not installed: project only labelled positions, a chunk at a
+    time, each chunk recomputed in backward."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    body = {k: v for k, v in inputs.items() if k != "labels"}
+    hidden = model.model(**body, use_cache=False).last_hidden_state
+    targets = inputs["labels"][:, 1:].reshape(-1)
+    states = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    keep = targets != -100
+    states, targets = states[keep], targets[keep]
+    weight = model.lm_head.weight
+
+    def piece(h, t):
+        return F.cross_entropy((h @ weight.T).float(), t, reduction="sum")
+
+    total = sum(checkpoint(piece, states[i:i + chunk_size], targets[i:i + chunk_size], use_reentrant=False)
+                for i in range(0, targets.numel(), chunk_size))
+    return total / max(int(keep.sum()), 1)
+
+
+def loss_function(mode: str, model):
+    if mode not in FUSED_MODES:
+        return (lambda inputs: model(**inputs, use_cache=False).loss), "full logits"
+    try:
+        from trl.trainer.utils import add_fused_lm_head
+    except ImportError:
+        return (lambda inputs: chunked_loss(model, inputs)), "bench chunked (no TRL)"
+    add_fused_lm_head(getattr(model, "_orig_mod", model))
+    return (lambda inputs: model(**inputs, use_cache=False, fused_lm_head=True).loss), "TRL fused head"
+
+
 def run_mode(mode: str, device: str, steps: int, warmup: int, batch: int, max_length: int, cache: Path) -> dict:
     import torch
-
-    from medgpt.losses import causal_lm_chunked_forward
 
     if device == "cpu":
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))  # 1 thread, as RECIPES.md's references
@@ -171,10 +206,11 @@ def run_mode(mode: str, device: str, steps: int, warmup: int, batch: int, max_le
     model.config.use_cache = False
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
-    chunked = mode in CHUNKED_MODES
+    loss_of, loss_kind = loss_function(mode, model)
     forward_model = model
     if mode == "j_compiled":  # fixed packed-row shapes: compile once
         forward_model = torch.compile(model)
+        loss_of, loss_kind = loss_function(mode, forward_model)
     if mode in CHECKPOINTED_MODES:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if device == "cuda":
@@ -190,10 +226,7 @@ def run_mode(mode: str, device: str, steps: int, warmup: int, batch: int, max_le
                 started = time.perf_counter()
                 real_tokens = padded_tokens = 0
             inputs, real, padded = collate(mode, columns, plan[step % len(plan)], tokenizer.pad_token_id, device)
-            if chunked:
-                loss = causal_lm_chunked_forward(forward_model, inputs)
-            else:
-                loss = forward_model(**inputs, use_cache=False).loss
+            loss = loss_of(inputs)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -209,7 +242,7 @@ def run_mode(mode: str, device: str, steps: int, warmup: int, batch: int, max_le
     n_params = sum(p.numel() for p in model.parameters())
     return {"mode": mode, "oom": False, "tokens_per_s": real_tokens / seconds, "padding": 1 - real_tokens / padded_tokens,
             "peak_memory_gb": round(peak, 2), "params": n_params, "final_loss": float(loss),
-            "steps": steps, "tokens": real_tokens}
+            "steps": steps, "tokens": real_tokens, "loss": loss_kind}
 
 
 def main():
@@ -229,9 +262,9 @@ def main():
     if args.child:  # one mode in a fresh process, so peak RSS is that mode's
         print(json.dumps(run_mode(args.child, args.device, steps, warmup, batch, max_length, cache)))
         return
-    default_modes = "a_medicalgpt,b_group_len,c_default,d_packing,e_chunked"
+    default_modes = "a_medicalgpt,b_group_len,c_default,c_full_logits,d_packing"
     if gpu:
-        default_modes += ",d_varlen,f_big_chunked,i_best,h_e_32x1024,g_a_32x1024"
+        default_modes += ",d_varlen,f_big,i_best,h_c_32x1024,g_a_32x1024"
     results = []
     for mode in (args.modes or default_modes).split(","):
         if gpu:
@@ -262,18 +295,18 @@ def report(results, gpu: bool, batch: int, max_length: int, steps: int):
         peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
         print(f"device: {name}; MFU = 6 * N * tokens/s / {peak} TFLOP/s (dense bf16 spec), N = all parameters")
     print(f"batch {batch} x max length {max_length}, {steps} timed steps per mode")
-    header = f"{'mode':<14} {'tok/s':>9} {'vs a':>6} {'vs b':>6} {'padding':>8} {'peak GB':>8}" + (
+    header = f"{'mode':<14} {'loss':<22} {'tok/s':>9} {'vs a':>6} {'vs b':>6} {'padding':>8} {'peak GB':>8}" + (
         f" {'MFU':>6}" if gpu else "")
     print(header)
     print("-" * len(header))
     final = []
     for r in results:
         if r.get("oom"):
-            print(f"{r['mode']:<14} {'OOM':>9} {'':>6} {'':>6} {'':>8} {r['peak_memory_gb']:>8}")
+            print(f"{r['mode']:<14} {'':<22} {'OOM':>9} {'':>6} {'':>6} {'':>8} {r['peak_memory_gb']:>8}")
             final.append(f"{r['mode']}=OOM")
             continue
         tps = r["tokens_per_s"]
-        line = (f"{r['mode']:<14} {tps:>9.0f} {tps / base_a if base_a else 0:>6.2f} "
+        line = (f"{r['mode']:<14} {r['loss']:<22} {tps:>9.0f} {tps / base_a if base_a else 0:>6.2f} "
                 f"{tps / base_b if base_b else 0:>6.2f} {r['padding']:>8.1%} {r['peak_memory_gb']:>8}")
         if gpu and peak:
             mfu = 6 * r["params"] * tps / (peak * 1e12)

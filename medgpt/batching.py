@@ -101,11 +101,14 @@ def plan_batches(strategy: str, lengths: Sequence[int], batch_size: int, max_tok
 def drop_causal_padding_mask(batch: dict) -> dict:
     """Right padding never reaches a real token under causal attention (pads come after it), and pads carry
     label -100: so the padding mask is redundant in training. Without it attention takes the fast causal kernel
-    instead of a masked one. Left-padded or holey masks are kept."""
+    instead of a masked one. Plain positions (0..L-1 in every row) stand in for it, which is what the model would
+    use anyway and what TRL counts tokens from. Left-padded or holey masks are kept."""
     mask = batch.get("attention_mask")
-    if mask is not None and "position_ids" not in batch and bool((mask[:, 1:] <= mask[:, :-1]).all()):
-        batch = {k: v for k, v in batch.items() if k != "attention_mask"}
-    return batch
+    if mask is None or "position_ids" in batch or not bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        return batch
+    out = {k: v for k, v in batch.items() if k != "attention_mask"}
+    out["position_ids"] = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape[0], -1)
+    return out
 
 
 def collate_without_causal_padding_mask(collate, rows):

@@ -48,7 +48,6 @@ class StageConfig:
     reference: str = "auto"  # dpo/kto: auto | copy | none (adapter-disabled reference with LoRA)
     batching: str = "token_budget"  # sft/pt batches: token_budget | group_by_length | random (medgpt.batching)
     tokens_per_batch: Optional[int] = None  # token_budget: padded tokens per batch (default batch size x max length)
-    chunked_loss: bool = False  # sft/pt: loss without full-vocabulary logits (medgpt.losses), for big vocabularies
 
 
 @dataclass

@@ -102,7 +102,7 @@ def test_right_padding_mask_is_redundant_under_causal_attention(tiny_dir):
     batch = pad_collate([{"input_ids": list(range(5, 17)), "labels": [-100] * 4 + list(range(9, 17))},
                          {"input_ids": list(range(20, 25)), "labels": [-100, -100, 22, 23, 24]}], 0)
     fast = drop_causal_padding_mask(batch)
-    assert "attention_mask" not in fast
+    assert "attention_mask" not in fast and fast["position_ids"].tolist()[1] == list(range(12))
     with torch.no_grad():
         torch.testing.assert_close(model(**fast).loss, model(**batch).loss, atol=1e-6, rtol=1e-5)
     left = {**batch, "attention_mask": torch.tensor([[1] * 12, [0] * 7 + [1] * 5])}

@@ -22,8 +22,8 @@ def prepare(rows, tokenizer, cfg):
 
 
 def trainer_class():
-    """SFTTrainer whose training batches follow stage.batching (medgpt.batching) and whose loss can skip
-    full-vocabulary logits (stage.chunked_loss, medgpt.losses)."""
+    """SFTTrainer whose training batches follow stage.batching (medgpt.batching). Its loss is TRL's own fused LM
+    head: only labelled positions are projected, in tiles, never the full-vocabulary logits."""
     from torch.utils.data import DataLoader
     from trl import SFTTrainer
 
@@ -31,14 +31,6 @@ def trainer_class():
 
     class BatchedSFTTrainer(SFTTrainer):
         batch_plan = None
-        chunked_loss = False
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not self.chunked_loss or return_outputs:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            from medgpt.losses import causal_lm_chunked_forward
-
-            return causal_lm_chunked_forward(model, inputs, num_items_in_batch)
 
         def get_train_dataloader(self):
             if self.batch_plan is None:
@@ -58,7 +50,6 @@ def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, call
     args.max_length = max_length(cfg)
     trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                               processing_class=tokenizer, callbacks=callbacks)
-    trainer.chunked_loss = cfg.stage.chunked_loss
     if not args.packing and cfg.stage.batching != "random":
         lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
         budget = cfg.stage.tokens_per_batch or args.per_device_train_batch_size * args.max_length
