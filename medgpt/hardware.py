@@ -73,7 +73,7 @@ def check_attention(attn_implementation: Optional[str], device: Dict[str, bool])
     if attn_implementation.startswith("flash_attention"):
         if not device["cuda"]:
             raise UserError(f"model.attn_implementation={attn_implementation} needs a CUDA GPU; none is visible. "
-                            f"Use model.attn_implementation=sdpa (or eager)")
+                            f"Use model.attn_implementation=sdpa (or eager), e.g. with hardware=cpu")
         package = "flash_attn" if attn_implementation == "flash_attention_2" else "flash_attn_interface"
         if importlib.util.find_spec(package) is None:
             raise UserError(f"model.attn_implementation={attn_implementation} needs the {package} package, which is "

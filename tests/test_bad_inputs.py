@@ -137,7 +137,7 @@ def test_flash_attention_without_cuda_suggests_cpu():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     cfg = compose("model.attn_implementation=flash_attention_2")
-    with pytest.raises(UserError, match="flash_attention_2 needs a CUDA GPU; use sdpa \\(or hardware=cpu\\)"):
+    with pytest.raises(UserError, match="flash_attention_2 needs a CUDA GPU; none is visible. Use model.attn_implementation=sdpa .*hardware=cpu"):
         load_model(cfg.model, cfg.hardware)
 
 
