@@ -106,6 +106,7 @@ def test_slurm_launcher_writes_a_correct_submission():
 def test_submitit_ranks_are_exported_only_in_multi_task_jobs(monkeypatch):
     from medgpt.cluster import export_submitit_ranks
 
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # export writes variables that did not exist: undo them all
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
     assert export_submitit_ranks() is False
     env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "4", "SLURM_PROCID": "3",
