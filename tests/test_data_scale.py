@@ -38,7 +38,8 @@ def test_every_data_config_composes_with_its_stage(path):
         pytest.skip(f"{path.stem} serves {declared_stages(path)}: no such stage config in this checkout")
     cfg = compose(f"stage={stages[0]}", f"data={path.stem}")
     assert cfg.data.name == path.stem
-    assert cfg.data.train_files or cfg.data.hub_name or cfg.data.mix
+    evaluates_only = cfg.stage.name == "eval" and cfg.data.eval_files
+    assert cfg.data.train_files or cfg.data.hub_name or cfg.data.mix or evaluates_only
     if cfg.data.hub_name:  # zoo entries name their format, and their columns give that format's keys
         assert cfg.data.format in FORMATS
         assert FORMATS[cfg.data.format].keys <= set(cfg.data.columns.values())

@@ -295,4 +295,6 @@ def test_trust_remote_code_is_off_unless_a_model_config_sets_it():
     for model in (p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")):
         cfg = compose(f"model={model}")
         text = (ROOT / "conf" / "model" / f"{model}.yaml").read_text()
+        if cfg.model.family and f"family/{cfg.model.family}@_here_" in text:  # the family base sets it
+            text += (ROOT / "conf" / "model" / "family" / f"{cfg.model.family}.yaml").read_text()
         assert cfg.model.trust_remote_code is ("trust_remote_code: true" in text), model

@@ -80,8 +80,8 @@ def cache_key(stage, rows: List[dict], tokenizer, cfg) -> str:
 def cached_prepare(stage, rows: List[dict], tokenizer, cfg) -> Tuple[object, dict]:
     """stage.prepare(rows, tokenizer, cfg), read from the cache when an entry with the same key exists.
     Returns (dataset, counts); counts gain data_cache: hit | miss | off."""
-    if not cfg.data.cache:
-        dataset, counts = prepare_parallel(stage, rows, tokenizer, cfg)
+    if not cfg.data.cache or not getattr(stage, "CACHEABLE", False):  # only stages whose prepare() just tokenizes:
+        dataset, counts = prepare_parallel(stage, rows, tokenizer, cfg)  # others check config there every run
         return dataset, {**counts, "data_cache": "off"}
     from datasets import load_from_disk
     from filelock import FileLock

@@ -60,8 +60,25 @@ def check_reference(cfg) -> None:
 
 
 def prepare_pairs(rows, tokenizer, cfg):
-    """The prepare() of pair trainers that truncate long pairs themselves (DPO, ORPO, CPO/SimPO)."""
-    return preference_dataset(rows), Counter(pairs=len(rows))
+    """The prepare() of pair trainers that truncate long pairs themselves (DPO, ORPO, CPO/SimPO). A pair whose
+    prompt alone fills max_length would keep no answer token (length-normalised losses turn NaN): dropped, counted."""
+    from medgpt.config import import_object
+
+    target = cfg.stage.args.get("_target_")
+    max_length = cfg.stage.args.get("max_length") or import_object(target).__dataclass_fields__["max_length"].default
+    kept = [r for r in rows if not max_length or prompt_tokens(tokenizer, r["prompt"]) < max_length]
+    if not kept:
+        raise UserError(f"every prompt is at least stage.args.max_length={max_length} tokens long, so no answer "
+                        f"token would be trained: raise stage.args.max_length")
+    if len(kept) < len(rows):
+        log.warning("dropped %d pair(s) whose prompt fills stage.args.max_length=%s", len(rows) - len(kept),
+                    max_length)
+    return preference_dataset(kept), Counter(pairs=len(kept), dropped_long_prompt=len(rows) - len(kept))
+
+
+def prompt_tokens(tokenizer, prompt) -> int:
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def prepare(rows, tokenizer, cfg):

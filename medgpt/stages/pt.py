@@ -8,6 +8,7 @@ from medgpt.data.tokenize import tokenize_blocks
 from medgpt.stages.sft import build_trainer  # noqa: F401  (same trainer: pre-tokenized blocks with labels)
 
 MODEL_KIND = "causal"
+CACHEABLE = True  # prepare() only tokenizes: medgpt.data.cache may reuse its output
 
 
 def prepare(rows, tokenizer, cfg):

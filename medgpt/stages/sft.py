@@ -9,6 +9,7 @@ from datasets import Dataset
 from medgpt.data.tokenize import tokenize_chats
 
 MODEL_KIND = "causal"
+CACHEABLE = True  # prepare() only tokenizes: medgpt.data.cache may reuse its output
 
 
 def max_length(cfg) -> int:
