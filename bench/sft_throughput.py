@@ -5,16 +5,15 @@ token budget per step and number of steps. Prints a table and one final `name=va
     python bench/sft_throughput.py --device cuda      # GPU: Qwen2.5-1.5B shape, vocab 151,936, bf16, max len 1024
 
 Modes (each a fresh model with the same seed, AdamW, one plain training loop shared by all modes, so only the
-batching / attention / loss path differs). a and b compute the loss from full logits, as MedicalGPT's
-transformers Trainer does; medgpt's modes use TRL's fused LM head, as its SFTTrainer does (only labelled
-positions projected, in tiles; where TRL is not installed, e.g. a bare GPU box, an equivalent chunked loss):
+batching / attention / loss path differs). The loss comes from the full logits unless a mode says "fused": TRL's
+fused LM head (stage.fused_lm_head=true; only labelled positions projected, in tiles; where TRL is not installed,
+e.g. a bare GPU box, an equivalent chunked loss stands in):
   a_medicalgpt   random order, dynamic padding to the longest in the batch (supervised_finetuning.py's batches)
   b_group_len    transformers' group_by_length batches (random megabatches sorted by length)
   c_default      medgpt's default: token-budget batches (rows x longest <= batch size x max length), right
-                 padding without an attention mask (causal attention never looks at the pads after a token),
-                 fused LM head
-  c_full_logits  c_default's batches with the full-logits loss (ablation)
-  d_packing      samples packed into max-length rows, positions restarting per sample (padding-free), fused head
+                 padding without an attention mask (causal attention never looks at the pads after a token)
+  c_fused        c_default with the fused LM head
+  d_packing      samples packed into max-length rows, positions restarting per sample (padding-free)
   d_varlen       d_packing with medgpt's variable-length flash attention (GPU only; medgpt.attention)
 GPU only:
   j_compiled     d_varlen with torch.compile (not in the default list: recompiles as sample boundaries change)
@@ -84,9 +83,9 @@ def make_model(device: str, cache: Path, varlen: bool = False):
 
 PACKED_MODES = ("d_packing", "d_varlen", "i_best", "j_compiled")
 VARLEN_MODES = ("d_varlen", "i_best", "j_compiled")
-OURS = ("c_default", "c_full_logits", "f_big", "h_c_32x1024")  # token-budget batches, as medgpt trains
+OURS = ("c_default", "c_fused", "f_big", "h_c_32x1024")  # token-budget batches, as medgpt trains
 CHECKPOINTED_MODES = ("f_big", "h_c_32x1024", "i_best")
-FUSED_MODES = ("c_default", "d_packing", "d_varlen", "f_big", "h_c_32x1024", "i_best", "j_compiled")
+FUSED_MODES = ("c_fused", "f_big", "h_c_32x1024", "i_best")
 
 
 def pack_rows(lengths, row_len: int, rng: random.Random):
@@ -113,7 +112,7 @@ def batches_for(mode: str, lengths, batch: int, max_length: int, rng: random.Ran
         return random_batches(len(lengths), 32 if mode == "g_a_32x1024" else batch, rng)
     if mode == "b_group_len":
         return length_grouped_batches(lengths, batch, rng)
-    if mode in ("c_default", "c_full_logits"):
+    if mode in ("c_default", "c_fused"):
         return token_budget_batches(lengths, batch * max_length, rng)
     if mode == "f_big":
         return token_budget_batches(lengths, 4 * batch * max_length, rng)
@@ -161,7 +160,6 @@ def collate(mode: str, columns, batch_indices, pad_id: int, device: str):
 def chunked_loss(model, inputs, chunk_size: int = 4096):
     """Stand-in for TRL's fused LM head where TRL is not installed: project only labelled positions, a chunk at a
     time, each chunk recomputed in backward."""
-    import torch
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
@@ -262,7 +260,7 @@ def main():
     if args.child:  # one mode in a fresh process, so peak RSS is that mode's
         print(json.dumps(run_mode(args.child, args.device, steps, warmup, batch, max_length, cache)))
         return
-    default_modes = "a_medicalgpt,b_group_len,c_default,c_full_logits,d_packing"
+    default_modes = "a_medicalgpt,b_group_len,c_default,c_fused,d_packing"
     if gpu:
         default_modes += ",d_varlen,f_big,i_best,h_c_32x1024,g_a_32x1024"
     results = []

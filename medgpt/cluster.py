@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 
@@ -55,18 +54,12 @@ def sbatch_text(launcher_cfg, folder: str) -> str:
 
 
 def compose_launcher(overrides: List[str]):
-    from hydra import compose, initialize_config_dir
+    from medgpt.config import compose
 
-    from medgpt.config import normalize_overrides, register_configs
-
-    register_configs()
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    overrides = normalize_overrides(list(overrides))
+    overrides = list(overrides)
     if not any(o.startswith("hydra/launcher=") for o in overrides):
         overrides.append("hydra/launcher=slurm")
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("train", overrides=overrides + ["hydra.job.name=train"], return_hydra_config=True)
-    return cfg.hydra.launcher
+    return compose(overrides + ["hydra.job.name=train"], return_hydra_config=True).hydra.launcher
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -48,6 +48,7 @@ class StageConfig:
     reference: str = "auto"  # dpo/kto: auto | copy | none (adapter-disabled reference with LoRA)
     batching: str = "token_budget"  # sft/pt batches: token_budget | group_by_length | random (medgpt.batching)
     tokens_per_batch: Optional[int] = None  # token_budget: padded tokens per batch (default batch size x max length)
+    fused_lm_head: bool = False  # sft/pt: TRL's fused LM head (no full-vocabulary logits): for big batch x vocabulary
 
 
 @dataclass
@@ -186,6 +187,21 @@ def normalize_overrides(overrides: List[str]) -> List[str]:
             item = "++" + item
         out.append(item)
     return out
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose(overrides, return_hydra_config: bool = False) -> DictConfig:
+    """The run config exactly as `python train.py <overrides>` composes it (Hydra's Compose API), for the commands
+    that take overrides (estimate, pipeline, data inspect, cluster) and for tests."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("train", overrides=normalize_overrides(list(overrides)),
+                             return_hydra_config=return_hydra_config)
 
 
 def import_object(path: str) -> Any:

@@ -324,19 +324,11 @@ def table_rows() -> List[tuple]:
     return rows
 
 
-def compose(overrides: List[str]):
+def compose(overrides):
     """The run config as train.py composes it (Hydra Compose API)."""
-    from pathlib import Path
+    from medgpt.config import compose as compose_run
 
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from medgpt.config import normalize_overrides, register_configs
-
-    register_configs()
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return hydra_compose("train", overrides=normalize_overrides(overrides))
+    return compose_run(overrides)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -26,14 +26,9 @@ KEY_METRICS = ("eval_accuracy", "eval_rewards/margins", "rewards/margins", "rewa
 
 
 def compose(overrides: Sequence[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from medgpt.config import compose as compose_run
 
-    from medgpt.config import normalize_overrides, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose("train", overrides=normalize_overrides(list(overrides)))
+    return compose_run(overrides)
 
 
 def split_overrides(stages: Sequence[str], overrides: Sequence[str]) -> Dict[str, List[str]]:

@@ -26,15 +26,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 def compose(*overrides: str, return_hydra_config: bool = False):
     """The composed run config, exactly as `python train.py <overrides>` would build it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from medgpt.config import compose as compose_run
 
-    from medgpt.config import normalize_overrides, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose("train", overrides=normalize_overrides(list(overrides)),
-                             return_hydra_config=return_hydra_config)
+    return compose_run(overrides, return_hydra_config=return_hydra_config)
 
 
 def train_in_process(tmp_path: Path, *overrides: str):

@@ -7,30 +7,23 @@ the share of tokens that carry loss, and two examples rendered with their loss-b
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from medgpt.data.tokenize import IGNORE, chat_labels
 from medgpt.errors import UserError
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 PERCENTILES = (50, 90, 95, 99)
 LOSS_OPEN, LOSS_CLOSE = "«", "»"
 
 
 def compose(overrides: List[str]):
     """The run config `python train.py <overrides>` would build; without stage=, the data's first declared stage."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from medgpt.config import compose as compose_run
 
-    from medgpt.config import normalize_overrides, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=normalize_overrides(list(overrides)))
-        stage_given = any(o.split("=", 1)[0].lstrip("+~") == "stage" for o in overrides)
-        if not stage_given and cfg.data.stages and cfg.stage.name not in cfg.data.stages:
-            cfg = hydra_compose("train", overrides=normalize_overrides([f"stage={cfg.data.stages[0]}", *overrides]))
+    cfg = compose_run(overrides)
+    stage_given = any(o.split("=", 1)[0].lstrip("+~") == "stage" for o in overrides)
+    if not stage_given and cfg.data.stages and cfg.stage.name not in cfg.data.stages:
+        cfg = compose_run([f"stage={cfg.data.stages[0]}", *overrides])
     return cfg
 
 

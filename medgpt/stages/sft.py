@@ -23,15 +23,23 @@ def prepare(rows, tokenizer, cfg):
 
 
 def trainer_class():
-    """SFTTrainer whose training batches follow stage.batching (medgpt.batching). Its loss is TRL's own fused LM
-    head: only labelled positions are projected, in tiles, never the full-vocabulary logits."""
+    """SFTTrainer whose training batches follow stage.batching (medgpt.batching), and whose loss comes from the
+    model's own logits unless stage.fused_lm_head asks for TRL's fused head (no full-vocabulary logits: less memory,
+    but slower at moderate batch sizes, as measured in docs/performance.md)."""
     from torch.utils.data import DataLoader
+    from transformers import Trainer
     from trl import SFTTrainer
 
     from medgpt.batching import collate_without_causal_padding_mask
 
     class BatchedSFTTrainer(SFTTrainer):
         batch_plan = None
+        fused_lm_head = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.fused_lm_head:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
 
         def get_train_dataloader(self):
             if self.batch_plan is None:
@@ -51,6 +59,7 @@ def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, call
     args.max_length = max_length(cfg)
     trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                               processing_class=tokenizer, callbacks=callbacks)
+    trainer.fused_lm_head = cfg.stage.fused_lm_head
     if not args.packing and cfg.stage.batching != "random":
         lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
         budget = cfg.stage.tokens_per_batch or args.per_device_train_batch_size * args.max_length
