@@ -249,6 +249,9 @@ def main():
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--modes")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="CPU: run the modes this many times, interleaved, and keep each mode's best run "
+                             "(a shared machine's slow moments then hit no mode in particular)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--cache", default=str(Path.home() / ".cache/medgpt/bench-tokenizer"))
     args = parser.parse_args()
@@ -264,7 +267,8 @@ def main():
     if gpu:
         default_modes += ",d_varlen,f_big,i_best,h_c_32x1024,g_a_32x1024"
     results = []
-    for mode in (args.modes or default_modes).split(","):
+    modes = (args.modes or default_modes).split(",")
+    for mode in (modes if gpu else modes * args.repeat):
         if gpu:
             try:
                 results.append(run_mode(mode, "cuda", steps, warmup, batch, max_length, cache))
@@ -278,7 +282,11 @@ def main():
                                   str(warmup), "--cache", str(cache)], capture_output=True, text=True, check=True)
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
-    report(results, gpu, batch, max_length, steps)
+    best = {}
+    for r in results:  # each mode's fastest run
+        if r["mode"] not in best or r.get("tokens_per_s", 0) > best[r["mode"]].get("tokens_per_s", 0):
+            best[r["mode"]] = r
+    report([best[m] for m in modes], gpu, batch, max_length, steps)
 
 
 def report(results, gpu: bool, batch: int, max_length: int, steps: int):
