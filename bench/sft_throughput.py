@@ -5,14 +5,16 @@ token budget per step and number of steps. Prints a table and one final `name=va
     python bench/sft_throughput.py --device cuda      # GPU: Qwen2.5-1.5B shape, vocab 151,936, bf16, max len 1024
 
 Modes (each a fresh model with the same seed, AdamW, one plain training loop shared by all modes, so only the
-batching / attention / loss path differs). The loss comes from the full logits unless a mode says "fused": TRL's
-fused LM head (stage.fused_lm_head=true; only labelled positions projected, in tiles; where TRL is not installed,
+batching / attention / loss path differs). (a), (b) and packing take the loss from the full logits, as the
+transformers Trainer does; medgpt's token-budget modes project only labelled positions (medgpt.losses, its SFT
+default) unless a mode says "fused": TRL's fused LM head (stage.fused_lm_head=true; where TRL is not installed,
 e.g. a bare GPU box, an equivalent chunked loss stands in):
   a_medicalgpt   random order, dynamic padding to the longest in the batch (supervised_finetuning.py's batches)
   b_group_len    transformers' group_by_length batches (random megabatches sorted by length)
   c_default      medgpt's default: token-budget batches (rows x longest <= batch size x max length), right
                  padding without an attention mask (causal attention never looks at the pads after a token)
   c_fused        c_default with the fused LM head
+  c_group_len    medgpt with stage.batching=group_by_length: (b)'s batches, right padding without a mask
   d_packing      samples packed into max-length rows, positions restarting per sample (padding-free)
   d_varlen       d_packing with medgpt's variable-length flash attention (GPU only; medgpt.attention)
 GPU only:
@@ -83,7 +85,7 @@ def make_model(device: str, cache: Path, varlen: bool = False):
 
 PACKED_MODES = ("d_packing", "d_varlen", "i_best", "j_compiled")
 VARLEN_MODES = ("d_varlen", "i_best", "j_compiled")
-OURS = ("c_default", "c_fused", "f_big", "h_c_32x1024")  # token-budget batches, as medgpt trains
+OURS = ("c_default", "c_fused", "c_group_len", "f_big", "h_c_32x1024")  # token-budget batches, as medgpt trains
 CHECKPOINTED_MODES = ("f_big", "h_c_32x1024", "i_best")
 FUSED_MODES = ("c_fused", "f_big", "h_c_32x1024", "i_best")
 
@@ -110,7 +112,7 @@ def batches_for(mode: str, lengths, batch: int, max_length: int, rng: random.Ran
 
     if mode in ("a_medicalgpt", "g_a_32x1024"):
         return random_batches(len(lengths), 32 if mode == "g_a_32x1024" else batch, rng)
-    if mode == "b_group_len":
+    if mode in ("b_group_len", "c_group_len"):
         return length_grouped_batches(lengths, batch, rng)
     if mode in ("c_default", "c_fused"):
         return token_budget_batches(lengths, batch * max_length, rng)
@@ -180,6 +182,10 @@ def chunked_loss(model, inputs, chunk_size: int = 4096):
 
 
 def loss_function(mode: str, model):
+    if mode in OURS and mode not in FUSED_MODES:  # as medgpt's SFT trainer: labelled positions only
+        from medgpt.losses import labelled_positions_loss
+
+        return (lambda inputs: labelled_positions_loss(model, inputs)), "labelled positions"
     if mode not in FUSED_MODES:
         return (lambda inputs: model(**inputs, use_cache=False).loss), "full logits"
     try:

@@ -23,23 +23,28 @@ def prepare(rows, tokenizer, cfg):
 
 
 def trainer_class():
-    """SFTTrainer whose training batches follow stage.batching (medgpt.batching), and whose loss comes from the
-    model's own logits unless stage.fused_lm_head asks for TRL's fused head (no full-vocabulary logits: less memory,
-    but slower at moderate batch sizes, as measured in docs/performance.md)."""
+    """SFTTrainer whose training batches follow stage.batching (medgpt.batching), and whose loss projects only
+    labelled positions (medgpt.losses) unless stage.fused_lm_head asks for TRL's fused head (tiled: less memory,
+    slower at moderate batch sizes, as measured in docs/performance.md)."""
     from torch.utils.data import DataLoader
     from transformers import Trainer
     from trl import SFTTrainer
 
     from medgpt.batching import collate_without_causal_padding_mask
+    from medgpt.losses import labelled_positions_loss
 
     class BatchedSFTTrainer(SFTTrainer):
         batch_plan = None
         fused_lm_head = True
+        labelled_loss = False
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.fused_lm_head:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+            if return_outputs or not self.labelled_loss:  # evaluation wants the logits
+                return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs,
+                                            num_items_in_batch)
+            return labelled_positions_loss(model, inputs, num_items_in_batch)
 
         def get_train_dataloader(self):
             if self.batch_plan is None:
@@ -55,11 +60,15 @@ def trainer_class():
 
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
     from medgpt.batching import plan_batches
+    from medgpt.hardware import zero_stage
+    from medgpt.losses import supports_labelled_loss
 
     args.max_length = max_length(cfg)
     trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                               processing_class=tokenizer, callbacks=callbacks)
     trainer.fused_lm_head = cfg.stage.fused_lm_head
+    trainer.labelled_loss = supports_labelled_loss(model) and zero_stage(cfg.hardware.deepspeed) != 3  # ZeRO-3
+    # gathers lm_head's weight only inside its own forward call, which this loss does not make
     if not args.packing and cfg.stage.batching != "random":
         lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
         budget = cfg.stage.tokens_per_batch or args.per_device_train_batch_size * args.max_length
