@@ -19,11 +19,12 @@ def _unwrap(model):
 
 def supports_labelled_loss(model) -> bool:
     """A decoder body at .model and a plain lm_head: no logit soft-capping or scaling (Gemma 2, Cohere), which
-    this loss would skip."""
+    this loss would skip, and no quantized base (its dtype casts live in the model's own forward)."""
     inner = _unwrap(model)
     config = getattr(inner, "config", None)
     return (hasattr(inner, "model") and isinstance(getattr(inner, "lm_head", None), torch.nn.Linear)
-            and not getattr(config, "final_logit_softcapping", None) and not getattr(config, "logit_scale", None))
+            and not getattr(config, "final_logit_softcapping", None) and not getattr(config, "logit_scale", None)
+            and not getattr(inner, "is_quantized", False) and not getattr(config, "quantization_config", None))
 
 
 def labelled_positions_loss(model, inputs: dict, num_items_in_batch=None) -> torch.Tensor:

@@ -27,7 +27,6 @@ def trainer_class():
     labelled positions (medgpt.losses) unless stage.fused_lm_head asks for TRL's fused head (tiled: less memory,
     slower at moderate batch sizes, as measured in docs/performance.md)."""
     from torch.utils.data import DataLoader
-    from transformers import Trainer
     from trl import SFTTrainer
 
     from medgpt.batching import collate_without_causal_padding_mask
@@ -39,12 +38,12 @@ def trainer_class():
         labelled_loss = False
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.fused_lm_head:
+            if self.fused_lm_head or not self.labelled_loss or return_outputs:  # TRL's own loss (evaluation too)
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            if return_outputs or not self.labelled_loss:  # evaluation wants the logits
-                return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs,
-                                            num_items_in_batch)
-            return labelled_positions_loss(model, inputs, num_items_in_batch)
+            loss = labelled_positions_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages the gradients
+            return loss
 
         def get_train_dataloader(self):
             if self.batch_plan is None:
