@@ -54,7 +54,14 @@ def plot_loss_curves(rows, keys, path: Path) -> Optional[Path]:
     if not drawn:
         plt.close(fig)
         return None
-    ax.set(xlabel="step", ylabel="loss", title="loss curves")
+    return save_figure(fig, ax, path, xlabel="step", ylabel="loss", title="loss curves")
+
+
+def save_figure(fig, ax, path: Path, **labels) -> Path:
+    """Label, grid, legend, write the PNG and free the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.set(**labels)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -85,13 +92,7 @@ def plot_metric_vs(rows, metric: str, key: str, others: List[str], path: Path) -
         ax.set_xscale("log")
     if categories:
         ax.set_xticks(range(len(categories)), categories)
-    ax.set(xlabel=key, ylabel=metric, title=f"{metric} vs {key}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, xlabel=key, ylabel=metric, title=f"{metric} vs {key}")
 
 
 def write_outputs(rows, out: Path, metric: Optional[str], sort: Optional[str], columns, plots: bool) -> List[Path]:
