@@ -60,6 +60,7 @@ class DataConfig:
     hub_name: Optional[str] = None  # a dataset on the hub, via datasets.load_dataset
     hub_subset: Optional[str] = None
     hub_split: str = "train"
+    hub_data_files: Any = None  # some files of the hub dataset (names or globs), as load_dataset(data_files=...)
     columns: Dict[str, str] = field(default_factory=dict)  # rename source columns: {their_name: our_name}
     max_samples: Optional[int] = None
     eval_split: float = 0.0  # fraction held out for eval when no eval_files

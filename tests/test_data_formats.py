@@ -32,6 +32,31 @@ def test_alpaca_with_input_and_history():
                                {"role": "assistant", "content": "It is heat."}]
 
 
+def test_moss_plain_text_dialogue_to_turns():
+    dialogue = ("[Human]: 发烧怎么办？<eoh> [MOSS]: 多喝水，\n必要时就医。<eoa> "
+                "[Human]: What about aspirin? <eoh>\n[MOSS]: Ask a doctor first.<eoa>\n")
+    row = convert("moss", {"plain_text": dialogue, "prefix": "MOSS-002"})
+    assert row["messages"] == [
+        {"role": "user", "content": "发烧怎么办？"}, {"role": "assistant", "content": "多喝水，\n必要时就医。"},
+        {"role": "user", "content": "What about aspirin?"}, {"role": "assistant", "content": "Ask a doctor first."}]
+    assert detect({"plain_text": dialogue}) == "moss"
+    with_system = convert("moss", {"plain_text": dialogue, "system": "You are MOSS."})  # data.columns={prefix: system}
+    assert with_system["messages"][0] == {"role": "system", "content": "You are MOSS."}
+
+
+@pytest.mark.parametrize("dialogue, problem", [
+    ("Hello [Human]: hi<eoh> [MOSS]: yo<eoa>", "before any"),
+    ("[Human]: hi<eoh> [Human]: again<eoh> [MOSS]: yo<eoa>", "out of order"),
+    ("[Human]: hi<eoh>", "no assistant turn"),
+    ("[Human]: hi<eoh> [MOSS]: yo<eoa> [Human]: more?<eoh>", "ends with a user turn"),
+    ("[Human]: hi<eoh> [MOSS]: <eoa>", "empty assistant turn"),
+    ("no speaker marks at all", "before any"),
+])
+def test_bad_moss_dialogues_say_what_is_wrong(dialogue, problem):
+    with pytest.raises(RecordError, match=problem):
+        convert("moss", {"plain_text": dialogue})
+
+
 def test_text_and_preference_formats():
     assert convert("text", {"text": "abc"}) == {"text": "abc"}
     pair = convert("sharegpt_preference", {"conversations": [{"from": "human", "value": "q"}],

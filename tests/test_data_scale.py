@@ -18,7 +18,8 @@ ZOO = [p.stem for p in DATA_FILES if "hub_name:" in p.read_text()]
 STAND_IN = {"text": "Aspirin thins the blood.", "instruction": "What is aspirin?", "input": "", "output": "A drug.",
             "conversations": [{"from": "human", "value": "What is aspirin?"}, {"from": "gpt", "value": "A drug."}],
             "question": "What is aspirin?", "response_chosen": "A drug.", "response_rejected": "A fruit.",
-            "prompt": "What is aspirin?", "chosen": "A drug.", "rejected": "A fruit."}
+            "prompt": "What is aspirin?", "chosen": "A drug.", "rejected": "A fruit.",
+            "plain_text": "[Human]: What is aspirin?<eoh> [MOSS]: A drug.<eoa>\n"}
 
 
 def declared_stages(path: Path):
@@ -53,7 +54,7 @@ def test_zoo_covers_the_medicalgpt_datasets():
                      "Chinese-Vicuna/guanaco_belle_merge_v1.0", "FreedomIntelligence/ShareGPT-CN",
                      "Linly-AI/Chinese-pretraining-dataset", "pleisto/wikipedia-cn-20230720-filtered",
                      "shibing624/DPO-En-Zh-20k-Preference", "tasksource/oasst1_pairwise_rlhf_reward",
-                     "Dahoas/full-hh-rlhf", "liyucheng/zhihu_rlhf_3k"):
+                     "Dahoas/full-hh-rlhf", "liyucheng/zhihu_rlhf_3k", "fnlp/moss-002-sft-data"):
         assert expected in hub_names
     subsets = {OmegaConf.load(CONF / "data" / f"{n}.yaml").hub_subset
                for n in ZOO if n.startswith("shibing624_medical")}
@@ -73,14 +74,15 @@ def test_zoo_config_loads_through_the_hub_path(name, monkeypatch):
     record = {source: STAND_IN[ours] for source, ours in cfg.columns.items()} | {"lang": "zh"}
     calls = []
 
-    def fake_load_dataset(path, subset=None, split=None, streaming=False):
-        calls.append((path, subset, split, streaming))
+    def fake_load_dataset(path, subset=None, split=None, streaming=False, data_files=None):
+        calls.append((path, subset, split, streaming, data_files))
         return datasets.Dataset.from_list([record] * 3)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     stage = OmegaConf.create({"name": cfg.stages[0], "formats": [cfg.format]})
     train, _ = load_data(cfg, stage)
-    assert calls == [(cfg.hub_name, cfg.hub_subset, cfg.hub_split, False)]
+    data_files = OmegaConf.to_container(cfg.hub_data_files) if cfg.hub_data_files else None
+    assert calls == [(cfg.hub_name, cfg.hub_subset, cfg.hub_split, False, data_files)]
     assert len(train.rows) == 3 and dict(train.formats) == {cfg.format: 3}
     row, kind = train.rows[0], FORMATS[cfg.format].kind
     if kind == "text":
@@ -103,6 +105,25 @@ def test_real_load_dataset_reads_a_local_folder_as_hub_name(tmp_path):
     cfg.hub_name = str(folder)
     train, _ = load_data(cfg, compose("stage=sft").stage)
     assert [r["messages"][-1]["content"] for r in train.rows] == ["a0", "a1", "a2", "a3"]
+
+
+def test_moss_config_reads_chosen_json_array_files_of_a_local_hub_folder(tmp_path):
+    """Like fnlp/moss-002-sft-data: JSON-array files per category; hub_data_files picks the Chinese ones."""
+    from medgpt.data import load_data
+    from medgpt.data.mix import data_config
+
+    def dialogue(lang, i):
+        return {"plain_text": f"[Human]: {lang} q{i}<eoh> [MOSS]: {lang} a{i}<eoa>", "prefix": "MOSS"}
+
+    for name, lang in [("zh_helpfulness.json", "zh"), ("zh_honesty.json", "zh"), ("en_harmlessness.json", "en")]:
+        (tmp_path / name).write_text(json.dumps([dialogue(lang, i) for i in range(3)], ensure_ascii=False))
+    cfg = data_config("fnlp_moss-002-sft-data")
+    cfg.hub_name = str(tmp_path)
+    train, _ = load_data(cfg, compose("stage=sft").stage)
+    answers = sorted(r["messages"][-1]["content"] for r in train.rows)
+    assert answers == sorted(f"zh a{i}" for i in range(3) for _ in range(2)) and dict(train.formats) == {"moss": 6}
+    cfg.hub_data_files = None
+    assert len(load_data(cfg, compose("stage=sft").stage)[0].rows) == 9
 
 
 def test_data_for_another_stage_is_refused():

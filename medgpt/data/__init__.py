@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 from typing import Optional, Tuple
 
+from omegaconf import OmegaConf
+
 from medgpt.data.loading import Records, expand_files, load_split
 from medgpt.errors import UserError
 
@@ -21,7 +23,10 @@ def check_stage(data_cfg, stage_name: str) -> None:
 
 def source_options(data_cfg, stage_cfg) -> dict:
     """Reader options of one data config: load_split / iter_rows keyword arguments."""
-    hub = (data_cfg.hub_name, data_cfg.hub_subset, data_cfg.hub_split) if data_cfg.hub_name else None
+    data_files = data_cfg.hub_data_files
+    if OmegaConf.is_config(data_files):
+        data_files = OmegaConf.to_container(data_files)
+    hub = (data_cfg.hub_name, data_cfg.hub_subset, data_cfg.hub_split, data_files) if data_cfg.hub_name else None
     return dict(accepted=list(stage_cfg.formats), data_format=data_cfg.format, columns=dict(data_cfg.columns),
                 on_bad_record=data_cfg.on_bad_record, system_prompt=data_cfg.system_prompt,
                 stage=f"stage={stage_cfg.name}", hub=hub, max_samples=data_cfg.max_samples)

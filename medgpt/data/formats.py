@@ -12,6 +12,7 @@ Normalised kinds (what stages consume):
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, List, Optional
 
@@ -114,6 +115,23 @@ def alpaca(r: dict) -> dict:
     messages = _system(r) + _history(r) + [{"role": "user", "content": question},
                                            {"role": "assistant", "content": _text(r["output"], "output")}]
     return {"messages": check_turns(messages)}
+
+
+MOSS_SPEAKER = re.compile(r"\[(Human|MOSS)\]:")
+MOSS_ROLES = {"Human": "user", "MOSS": "assistant"}
+MOSS_END_OF_TURN = re.compile(r"\s*(<eoh>|<eoa>)\s*$")
+
+
+def moss(r: dict) -> dict:
+    """MOSS-002 plain-text dialogues: "[Human]: q<eoh> [MOSS]: a<eoa> [Human]: ..." (fnlp/moss-002-sft-data)."""
+    dialogue = _text(r["plain_text"], "plain_text")
+    pieces = MOSS_SPEAKER.split(dialogue)  # [before, speaker, said, speaker, said, ...]
+    if pieces[0].strip():
+        raise RecordError(f"plain_text starts with '{pieces[0].strip()[:40]}' before any [Human]: or [MOSS]: turn",
+                          "start the dialogue with '[Human]: '")
+    messages = [{"role": MOSS_ROLES[speaker], "content": MOSS_END_OF_TURN.sub("", said).strip()}
+                for speaker, said in zip(pieces[1::2], pieces[2::2])]
+    return {"messages": check_turns(_system(r) + messages)}
 
 
 def text(r: dict) -> dict:
@@ -259,6 +277,8 @@ FORMATS: Dict[str, Format] = {f.name: f for f in [
            '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'),
     Format("alpaca", "chat", frozenset({"instruction", "output"}), alpaca,
            '{"instruction": "...", "input": "", "output": "...", "history": []}'),
+    Format("moss", "chat", frozenset({"plain_text"}), moss,
+           '{"plain_text": "[Human]: ...<eoh> [MOSS]: ...<eoa> [Human]: ...<eoh> [MOSS]: ...<eoa>"}'),
     Format("text", "text", frozenset({"text"}), text, '{"text": "..."} or a .txt file'),
     Format("sharegpt_preference", "preference", frozenset({"conversations", "chosen", "rejected"}),
            sharegpt_preference, '{"conversations": [{"from": "human", "value": "..."}], "chosen": "...", '

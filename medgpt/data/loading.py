@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from medgpt.data.formats import FORMATS, RecordError, convert, detect
 from medgpt.errors import DataError, UserError
@@ -95,13 +95,14 @@ class Records:
     sources: Counter = field(default_factory=Counter)  # mixed data: source name -> records taken (data.mix)
 
 
-def _iter_source(files: List[Path], hub: Optional[Tuple[str, Optional[str], str]], streaming: bool = False):
+def _iter_source(files: List[Path], hub: Optional[Tuple[str, Optional[str], str, Any]], streaming: bool = False):
     if hub:
         from datasets import load_dataset
 
-        name, subset, split = hub
+        name, subset, split, data_files = hub
+        some_files = {"data_files": data_files} if data_files else {}
         try:
-            dataset = load_dataset(name, subset, split=split, streaming=streaming)
+            dataset = load_dataset(name, subset, split=split, streaming=streaming, **some_files)
         except Exception as e:  # hub unreachable, unknown name, ...: say which and what to do
             raise UserError(f"data.hub_name={name}: cannot load it ({type(e).__name__}: {e}). Check the name and "
                             f"your network, or download it and pass data.train_files=[<folder>]") from None
