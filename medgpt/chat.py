@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from medgpt.errors import DataError, UserError
+from medgpt.errors import DataError, UserError, command
 from medgpt.generate import SETTINGS
 
 QUESTION_KEYS = ("prompt", "question", "instruction", "messages", "conversations")
@@ -32,8 +32,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", help="system prompt")
     for name in SETTINGS:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int if name == "max_new_tokens" else float,
-                            help=f"default: final/generation_config.json, else medgpt.generate.DEFAULTS "
-                                 f"(temperature 0 = greedy)")
+                            help="default: final/generation_config.json, else medgpt.generate.DEFAULTS "
+                                 "(temperature 0 = greedy)")
 
 
 def generation_overrides(args) -> dict:
@@ -244,25 +244,22 @@ def parse_args(argv=None):
     return args
 
 
+@command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        if args.input:
-            run_batch(args)
-            return 0
-        model, tokenizer, _ = load(args)
-        if args.prompt:
-            from medgpt.generate import stream
+    if args.input:
+        run_batch(args)
+        return 0
+    model, tokenizer, _ = load(args)
+    if args.prompt:
+        from medgpt.generate import stream
 
-            messages = with_system(args.system, [{"role": "user", "content": args.prompt}])
-            for piece in stream(model, tokenizer, messages, **generation_overrides(args)):
-                print(piece, end="", flush=True)
-            print()
-        else:
-            interactive(args, model, tokenizer)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        messages = with_system(args.system, [{"role": "user", "content": args.prompt}])
+        for piece in stream(model, tokenizer, messages, **generation_overrides(args)):
+            print(piece, end="", flush=True)
+        print()
+    else:
+        interactive(args, model, tokenizer)
     return 0
 
 

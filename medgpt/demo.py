@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import List
 
-from medgpt.errors import UserError
+from medgpt.errors import command
 
 TITLE = "medgpt"
 DESCRIPTION = "A medical assistant trained with medgpt. Research demo: not medical advice."
@@ -60,6 +60,7 @@ def build_demo(model, tokenizer, *, system: str = "", defaults: dict = None):
                             cache_examples=False, api_name="chat")
 
 
+@command
 def main(argv=None) -> int:
     from medgpt.chat import add_model_args, generation_overrides, load
 
@@ -69,11 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="a public gradio.live link (needs internet)")
     args = parser.parse_args(argv)
-    try:
-        model, tokenizer, _ = load(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model, tokenizer, _ = load(args)
     defaults = {k: v for k, v in generation_overrides(args).items() if v is not None}
     demo = build_demo(model, tokenizer, system=args.system or "", defaults=defaults)
     demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share)

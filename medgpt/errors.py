@@ -12,3 +12,18 @@ class DataError(UserError):
         self.path, self.line, self.problem, self.fix = path, line, problem, fix
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {problem}. Fix: {fix}")
+
+
+def command(main):
+    """Decorates a CLI entry point: a UserError prints as `error: <message>` on stderr (no traceback), returns 2."""
+    import functools
+    import sys
+
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return run

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from medgpt.errors import UserError
+from medgpt.errors import UserError, command
 
 log = logging.getLogger(__name__)
 GB = 1e9
@@ -331,6 +331,7 @@ def compose(overrides):
     return compose_run(overrides)
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medgpt.estimate", description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="the same overrides as train.py (model=... hardware=...)")
@@ -340,19 +341,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--table", action="store_true", help="compare with MedicalGPT's VRAM table")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    try:
-        if opts.table:
-            print(f"{'method':<8}{'model':<14}{'MedicalGPT GB':>14}{'medgpt GB':>11}{'diff':>8}")
-            for method, name, expected, ours in table_rows():
-                print(f"{method:<8}{name:<14}{expected:>14}{ours:>11.1f}{(ours - expected) / expected:>+8.0%}")
-            return 0
-        cfg = compose(opts.overrides)
-        est = estimate_run(cfg, gpus=opts.gpus, seq=opts.seq, batch=opts.batch)
-        deepspeed = cfg.hardware.deepspeed.name if cfg.hardware.deepspeed else "no deepspeed"
-        print(est.report(f"{cfg.model.name} x hardware={cfg.hardware.name} ({deepspeed})"))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if opts.table:
+        print(f"{'method':<8}{'model':<14}{'MedicalGPT GB':>14}{'medgpt GB':>11}{'diff':>8}")
+        for method, name, expected, ours in table_rows():
+            print(f"{method:<8}{name:<14}{expected:>14}{ours:>11.1f}{(ours - expected) / expected:>+8.0%}")
+        return 0
+    cfg = compose(opts.overrides)
+    est = estimate_run(cfg, gpus=opts.gpus, seq=opts.seq, batch=opts.batch)
+    deepspeed = cfg.hardware.deepspeed.name if cfg.hardware.deepspeed else "no deepspeed"
+    print(est.report(f"{cfg.model.name} x hardware={cfg.hardware.name} ({deepspeed})"))
     return 0
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from medgpt.errors import UserError
+from medgpt.errors import UserError, command
 
 log = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -97,6 +97,7 @@ def merge(final: str, output: str, dtype: str = "auto", quantization: Optional[s
     return out
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medgpt.merge", description=__doc__.split("\n")[0])
     parser.add_argument("adapter", help="a run folder or its final/ holding a LoRA/QLoRA adapter")
@@ -104,11 +105,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: the base's)")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        out = merge(opts.adapter, opts.output, opts.dtype)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = merge(opts.adapter, opts.output, opts.dtype)
     print(f"merged model: {out}\nchat         python -m medgpt.chat {out}")
     return 0
 

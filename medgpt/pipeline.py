@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from medgpt import tracking
-from medgpt.errors import UserError
+from medgpt.errors import UserError, command
 
 log = logging.getLogger("medgpt")
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -141,6 +141,7 @@ def _fmt(value, digits: int) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else ""
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -148,11 +149,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     stages = [s.strip() for s in argv[0].split(",") if s.strip()]
-    try:
-        results = run_pipeline(stages, argv[1:])
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    results = run_pipeline(stages, argv[1:])
     return 0 if all(r.get("status") == "completed" for r in results) and len(results) == len(stages) else 1
 
 

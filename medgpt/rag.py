@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Sequence, Tuple
 
-from medgpt.errors import DataError, UserError
+from medgpt.errors import DataError, UserError, command
 
 SUFFIXES = (".txt", ".md", ".pdf", ".jsonl")
 SYSTEM = ("You are a careful medical assistant. Answer from the numbered sources below and cite them like [1]. "
@@ -167,6 +167,7 @@ def answer(model, tokenizer, index, chunks, question: str, k: int = 3, system: s
     return text, [f"[{n}] {hits[n - 1][0].source}" for n in cited(text, hits)]
 
 
+@command
 def main(argv=None) -> int:
     from medgpt.chat import add_model_args, generation_overrides, load
 
@@ -179,26 +180,22 @@ def main(argv=None) -> int:
     parser.add_argument("--overlap", type=int, default=80, help="characters shared by neighbouring chunks")
     parser.add_argument("--retrieve-only", action="store_true", help="print the retrieved chunks; load no model")
     args = parser.parse_args(argv)
-    try:
-        chunks = load_chunks(args.docs, args.chunk_size, args.overlap)
-        index = build_index(chunks)
-        print(f"indexed {len(chunks)} chunks from {len(find_files(args.docs))} file(s)", file=sys.stderr)
-        model = tokenizer = None
-        if not args.retrieve_only:
-            model, tokenizer, _ = load(args)
-        questions = [args.question] if args.question else _ask()
-        for question in questions:
-            if args.retrieve_only:
-                for n, (chunk, score) in enumerate(retrieve(index, chunks, question, args.top_k), 1):
-                    print(f"[{n}] {chunk.source}  (bm25 {score:.2f})\n{chunk.text}\n")
-                continue
-            text, sources = answer(model, tokenizer, index, chunks, question, args.top_k, args.system or SYSTEM,
-                                   **generation_overrides(args))
-            print(text)
-            print("Sources:\n" + "\n".join(sources) if sources else "Sources: none", flush=True)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    chunks = load_chunks(args.docs, args.chunk_size, args.overlap)
+    index = build_index(chunks)
+    print(f"indexed {len(chunks)} chunks from {len(find_files(args.docs))} file(s)", file=sys.stderr)
+    model = tokenizer = None
+    if not args.retrieve_only:
+        model, tokenizer, _ = load(args)
+    questions = [args.question] if args.question else _ask()
+    for question in questions:
+        if args.retrieve_only:
+            for n, (chunk, score) in enumerate(retrieve(index, chunks, question, args.top_k), 1):
+                print(f"[{n}] {chunk.source}  (bm25 {score:.2f})\n{chunk.text}\n")
+            continue
+        text, sources = answer(model, tokenizer, index, chunks, question, args.top_k, args.system or SYSTEM,
+                               **generation_overrides(args))
+        print(text)
+        print("Sources:\n" + "\n".join(sources) if sources else "Sources: none", flush=True)
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medgpt.errors import UserError
+from medgpt.errors import command
 
 
 class TextPart(BaseModel):
@@ -168,17 +168,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+@command
 def main(argv=None) -> int:
     import uvicorn
 
     from medgpt.chat import load
 
     args = parse_args(argv)
-    try:
-        model, tokenizer, info = load(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model, tokenizer, info = load(args)
     name = args.model_name or f"medgpt-{info.get('stage', 'model')}-{info.get('model', 'custom')}"
     app = create_app(model, tokenizer, name, api_key=args.api_key, max_concurrency=args.max_concurrency,
                      max_waiting=args.max_waiting, system=args.system)
