@@ -57,6 +57,68 @@ def test_bad_moss_dialogues_say_what_is_wrong(dialogue, problem):
         convert("moss", {"plain_text": dialogue})
 
 
+HH_PROMPT = "\n\nHuman: I have a fever.\n\nAssistant: How high is it?\n\nHuman: 39 degrees.\n\nAssistant:"
+
+
+def test_hh_transcript_prompt_becomes_alternating_turns():
+    """Dahoas/full-hh-rlhf, rm-static, static-hh: answers start with a space after the open 'Assistant:' cue."""
+    pair = convert("hh_preference", {"prompt": HH_PROMPT, "chosen": " See a doctor today.", "rejected": " Ignore it.",
+                                     "response": " See a doctor today."})
+    assert pair["prompt"] == [{"role": "user", "content": "I have a fever."},
+                              {"role": "assistant", "content": "How high is it?"},
+                              {"role": "user", "content": "39 degrees."}]
+    assert pair["chosen"] == [{"role": "assistant", "content": "See a doctor today."}]
+    assert pair["rejected"] == [{"role": "assistant", "content": "Ignore it."}]
+
+
+def test_hh_answers_with_their_own_assistant_mark_and_oasst_history():
+    yitingxie = convert("hh_preference", {"prompt": "\n\nHuman: Hi\n\n", "chosen": "Assistant: Hello!",
+                                          "rejected": "Assistant:  Go away."})  # prompt without the open cue
+    assert yitingxie["prompt"] == [{"role": "user", "content": "Hi"}]
+    assert [yitingxie["chosen"][0]["content"], yitingxie["rejected"][0]["content"]] == ["Hello!", "Go away."]
+    oasst = convert("hh_preference", {"prompt": "prompter: Is aspirin safe?\nassistant: Mostly.\nprompter: For kids?",
+                                      "chosen": "Not under 16.", "rejected": "Yes.", "lang": "en"})
+    assert [m["role"] for m in oasst["prompt"]] == ["user", "assistant", "user"]
+    assert oasst["prompt"][-1]["content"] == "For kids?"
+    with_system = convert("hh_preference", {"prompt": HH_PROMPT, "chosen": "a", "rejected": "b", "system": "S"})
+    assert with_system["prompt"][0] == {"role": "system", "content": "S"}
+
+
+def test_hh_and_belle_are_used_only_when_declared():
+    """They share their keys with trl_preference / alpaca, which detection keeps choosing."""
+    assert detect({"prompt": HH_PROMPT, "chosen": "a", "rejected": "b"}) == "trl_preference"
+    assert detect({"instruction": "Human:hi\nAssistant:", "input": "", "output": "yo"}) == "alpaca"
+    assert detect({"prompt": "q", "chosen": "a", "rejected": "b"}, ["hh_preference", "trl_preference"]) \
+        == "trl_preference"
+
+
+@pytest.mark.parametrize("prompt, chosen, problem", [
+    ("What is aspirin?", "A drug.", "before any speaker mark"),  # a plain prompt: trl_preference
+    ("", "A drug.", "has no 'Human:' turn"),
+    ("\n\nHuman: q\n\nAssistant: a", "b", "ends with an assistant turn"),
+    ("\n\nHuman: q\n\nHuman: again\n\nAssistant:", "a", "out of order"),
+    ("\n\nHuman: q\n\nAssistant:", " a\n\nHuman: more?\n\nAssistant: b", "'chosen' holds another turn"),
+    ("\n\nHuman: q\n\nAssistant:", "Assistant:   ", "'chosen' is empty"),
+    ("\n\nHuman: q\n\nAssistant: \n\nHuman: q2\n\nAssistant:", "a", "empty assistant turn"),
+])
+def test_bad_hh_transcripts_say_what_is_wrong(prompt, chosen, problem):
+    with pytest.raises(RecordError) as e:
+        convert("hh_preference", {"prompt": prompt, "chosen": chosen, "rejected": "other"})
+    assert problem in e.value.problem and e.value.fix
+    if problem == "before any speaker mark":
+        assert "data.format=trl_preference" in e.value.fix
+
+
+def test_belle_multiturn_instruction_transcript_to_turns():
+    row = convert("belle_multiturn", {"instruction": "Human:发烧了\nAssistant:多少度？\nHuman:39度\nAssistant:",
+                                      "input": "", "output": "请尽快就医。"})
+    assert row["messages"] == [{"role": "user", "content": "发烧了"}, {"role": "assistant", "content": "多少度？"},
+                               {"role": "user", "content": "39度"}, {"role": "assistant", "content": "请尽快就医。"}]
+    with pytest.raises(RecordError, match="before any speaker mark") as e:
+        convert("belle_multiturn", {"instruction": "写一首诗", "input": "", "output": "好的"})
+    assert "data.format=alpaca" in e.value.fix
+
+
 def test_text_and_preference_formats():
     assert convert("text", {"text": "abc"}) == {"text": "abc"}
     pair = convert("sharegpt_preference", {"conversations": [{"from": "human", "value": "q"}],

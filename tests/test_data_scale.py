@@ -20,6 +20,10 @@ STAND_IN = {"text": "Aspirin thins the blood.", "instruction": "What is aspirin?
             "question": "What is aspirin?", "response_chosen": "A drug.", "response_rejected": "A fruit.",
             "prompt": "What is aspirin?", "chosen": "A drug.", "rejected": "A fruit.",
             "plain_text": "[Human]: What is aspirin?<eoh> [MOSS]: A drug.<eoa>\n"}
+# formats that read the same columns as transcripts: their values, by format then our column name
+STAND_IN_BY_FORMAT = {"hh_preference": {"prompt": "\n\nHuman: What is aspirin?\n\nAssistant:", "chosen": " A drug.",
+                                        "rejected": " A fruit."},
+                      "belle_multiturn": {"instruction": "Human:What is aspirin?\nAssistant:"}}
 
 
 def declared_stages(path: Path):
@@ -47,8 +51,17 @@ def test_every_data_config_composes_with_its_stage(path):
         assert cfg.data.stages
 
 
+def hub_sources(cfg) -> set:
+    """The hub datasets a config reads: hub_name, or the repos of its hf://datasets/<owner>/<name>/ data files."""
+    files = OmegaConf.to_container(cfg.hub_data_files) if cfg.get("hub_data_files") else []
+    groups = files.values() if isinstance(files, dict) else [files]  # {split: files} or files
+    files = [f for group in groups for f in ([group] if isinstance(group, str) else group)]
+    repos = {"/".join(f.split("/")[3:5]) for f in files if f.startswith("hf://datasets/")}
+    return repos or {cfg.hub_name}
+
+
 def test_zoo_covers_the_medicalgpt_datasets():
-    hub_names = {OmegaConf.load(CONF / "data" / f"{name}.yaml").hub_name for name in ZOO}
+    hub_names = set().union(*(hub_sources(OmegaConf.load(CONF / "data" / f"{name}.yaml")) for name in ZOO))
     for expected in ("shibing624/medical", "shibing624/huatuo_medical_qa_sharegpt", "shibing624/sharegpt_gpt4",
                      "BelleGroup/train_0.5M_CN", "BelleGroup/train_1M_CN", "shibing624/alpaca-zh",
                      "Chinese-Vicuna/guanaco_belle_merge_v1.0", "FreedomIntelligence/ShareGPT-CN",
@@ -56,9 +69,10 @@ def test_zoo_covers_the_medicalgpt_datasets():
                      "shibing624/DPO-En-Zh-20k-Preference", "tasksource/oasst1_pairwise_rlhf_reward",
                      "Dahoas/full-hh-rlhf", "liyucheng/zhihu_rlhf_3k", "fnlp/moss-002-sft-data"):
         assert expected in hub_names
-    subsets = {OmegaConf.load(CONF / "data" / f"{n}.yaml").hub_subset
+    # shibing624/medical is a script dataset: its pretrain/finetune/reward folders are read as json files, per split
+    folders = {OmegaConf.load(CONF / "data" / f"{n}.yaml").hub_data_files.train.split("/")[5]
                for n in ZOO if n.startswith("shibing624_medical")}
-    assert subsets == {"pretrain", "finetune", "reward"}
+    assert folders == {"pretrain", "finetune", "reward"}
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -71,7 +85,8 @@ def test_zoo_config_loads_through_the_hub_path(name, monkeypatch):
     from medgpt.data.mix import data_config
 
     cfg = data_config(name)
-    record = {source: STAND_IN[ours] for source, ours in cfg.columns.items()} | {"lang": "zh"}
+    values = STAND_IN | STAND_IN_BY_FORMAT.get(cfg.format, {})
+    record = {source: values[ours] for source, ours in cfg.columns.items()} | {"lang": "zh"}
     calls = []
 
     def fake_load_dataset(path, subset=None, split=None, streaming=False, data_files=None):
@@ -105,6 +120,23 @@ def test_real_load_dataset_reads_a_local_folder_as_hub_name(tmp_path):
     cfg.hub_name = str(folder)
     train, _ = load_data(cfg, compose("stage=sft").stage)
     assert [r["messages"][-1]["content"] for r in train.rows] == ["a0", "a1", "a2", "a3"]
+
+
+def test_medical_config_reads_the_split_named_by_hub_split_from_json_files(tmp_path):
+    """shibing624/medical is a script dataset: its configs give the json builder one file per split (real loader)."""
+    from medgpt.data import load_data
+    from medgpt.data.mix import data_config
+
+    files = {}
+    for split in ("train", "validation", "test"):
+        files[split] = str(tmp_path / f"{split}.json")
+        Path(files[split]).write_text("\n".join(json.dumps(
+            {"question": f"{split} q{i}", "response_chosen": "good", "response_rejected": "bad"}) for i in range(2)))
+    cfg = data_config("shibing624_medical_reward")
+    assert cfg.hub_name == "json" and set(cfg.hub_data_files) == set(files)
+    cfg.hub_data_files, cfg.hub_split = files, "validation"
+    train, _ = load_data(cfg, compose("stage=rm").stage)
+    assert [r["prompt"][-1]["content"] for r in train.rows] == ["validation q0", "validation q1"]
 
 
 def test_moss_config_reads_chosen_json_array_files_of_a_local_hub_folder(tmp_path):
@@ -222,8 +254,9 @@ def test_streaming_sft_reads_a_hub_stream(monkeypatch, tiny_tokenizer):
 
     from medgpt.data.streaming import streaming_dataset
 
-    def fake_load_dataset(path, subset=None, split=None, streaming=False):
-        assert streaming and path == "shibing624/medical" and subset == "finetune"
+    def fake_load_dataset(path, subset=None, split=None, streaming=False, data_files=None):
+        assert streaming and path == "json" and split == "train"
+        assert data_files["train"] == "hf://datasets/shibing624/medical/finetune/train_zh_0.json"
         return datasets.IterableDataset.from_generator(
             lambda: ({"instruction": f"q{i}", "input": "", "output": f"answer {i}"} for i in range(10)))
 

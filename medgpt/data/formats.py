@@ -117,21 +117,69 @@ def alpaca(r: dict) -> dict:
     return {"messages": check_turns(messages)}
 
 
-MOSS_SPEAKER = re.compile(r"\[(Human|MOSS)\]:")
-MOSS_ROLES = {"Human": "user", "MOSS": "assistant"}
+def _dialogue(text: str, speaker: re.Pattern, roles: Dict[str, str], what: str, fix: str) -> List[dict]:
+    """Plain-text dialogue -> turns: `speaker` splits it at each speaker mark (its one group names the speaker)."""
+    pieces = speaker.split(text)  # [before, speaker, said, speaker, said, ...]
+    if pieces[0].strip():
+        raise RecordError(f"{what} starts with '{pieces[0].strip()[:40]}' before any speaker mark ({' '.join(roles)})",
+                          fix)
+    return [{"role": roles[who], "content": said.strip()} for who, said in zip(pieces[1::2], pieces[2::2])]
+
+
+MOSS_SPEAKER = re.compile(r"(\[(?:Human|MOSS)\]:)")
+MOSS_ROLES = {"[Human]:": "user", "[MOSS]:": "assistant"}
 MOSS_END_OF_TURN = re.compile(r"\s*(<eoh>|<eoa>)\s*$")
 
 
 def moss(r: dict) -> dict:
     """MOSS-002 plain-text dialogues: "[Human]: q<eoh> [MOSS]: a<eoa> [Human]: ..." (fnlp/moss-002-sft-data)."""
-    dialogue = _text(r["plain_text"], "plain_text")
-    pieces = MOSS_SPEAKER.split(dialogue)  # [before, speaker, said, speaker, said, ...]
-    if pieces[0].strip():
-        raise RecordError(f"plain_text starts with '{pieces[0].strip()[:40]}' before any [Human]: or [MOSS]: turn",
-                          "start the dialogue with '[Human]: '")
-    messages = [{"role": MOSS_ROLES[speaker], "content": MOSS_END_OF_TURN.sub("", said).strip()}
-                for speaker, said in zip(pieces[1::2], pieces[2::2])]
+    turns = _dialogue(_text(r["plain_text"], "plain_text"), MOSS_SPEAKER, MOSS_ROLES, "plain_text",
+                      "start the dialogue with '[Human]: '")
+    messages = [dict(t, content=MOSS_END_OF_TURN.sub("", t["content"])) for t in turns]
     return {"messages": check_turns(_system(r) + messages)}
+
+
+# "Human: ... Assistant: ..." transcripts, one speaker mark at the start of a line: Anthropic HH (Dahoas/*,
+# yitingxie/*: "\n\nHuman: ...\n\nAssistant:"), Belle multi-turn ("Human:...\nAssistant:..."), and OpenAssistant's
+# "prompter: ...\nassistant: ..." (tasksource/oasst1_pairwise_rlhf_reward).
+TRANSCRIPT_SPEAKER = re.compile(r"(?:^|\n)[ \t]*((?:Human|Assistant|prompter|assistant):)")
+TRANSCRIPT_ROLES = {"Human:": "user", "prompter:": "user", "Assistant:": "assistant", "assistant:": "assistant"}
+ANSWER_CUE = re.compile(r"^\s*(Assistant|assistant):")
+
+
+def _transcript(value, what: str, plain: str) -> List[dict]:
+    """The turns of a transcript that ends with the user's question (a last, empty 'Assistant:' cue is dropped).
+    `plain`: the format to name for text without speaker marks."""
+    turns = _dialogue(_text(value, what), TRANSCRIPT_SPEAKER, TRANSCRIPT_ROLES, what,
+                      f"start '{what}' with 'Human: ' (text without speaker marks is data.format={plain})")
+    if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
+        turns = turns[:-1]  # the open "Assistant:" the answer follows
+    if not turns:
+        raise RecordError(f"'{what}' has no 'Human:' turn", f"write '{what}' as 'Human: question\\nAssistant:'")
+    if turns[-1]["role"] != "user":
+        raise RecordError(f"'{what}' ends with an assistant turn, not the question being answered",
+                          f"end '{what}' with the last 'Human:' question (and an empty 'Assistant:')")
+    return turns
+
+
+def _transcript_answer(value, what: str) -> str:
+    """One assistant answer: a leading 'Assistant:' mark and surrounding whitespace removed."""
+    answer = ANSWER_CUE.sub("", _text(value, what), count=1).strip()
+    more = TRANSCRIPT_SPEAKER.search(answer)
+    if more:
+        raise RecordError(f"'{what}' holds another turn ('{more.group(1)}' inside it)",
+                          f"give '{what}' only the final assistant answer; earlier turns belong in the prompt")
+    return answer
+
+
+def belle_multiturn(r: dict) -> dict:
+    """Belle multi-turn chats (BelleGroup/multiturn_chat_0.8M): the earlier turns are inline in 'instruction',
+    "Human:q1\nAssistant:a1\nHuman:q2\nAssistant:", and 'output' answers the last question."""
+    turns = _transcript(r["instruction"], "instruction", plain="alpaca")
+    if r.get("input"):
+        turns[-1]["content"] += "\n" + _text(r["input"], "input")
+    answer = {"role": "assistant", "content": _text(r["output"], "output")}
+    return {"messages": check_turns(_system(r) + turns + [answer])}
 
 
 def text(r: dict) -> dict:
@@ -179,6 +227,14 @@ def sharegpt_preference(r: dict) -> dict:
 
 def trl_preference(r: dict) -> dict:
     return _pair(_system(r) + _prompt(r["prompt"]), r["chosen"], r["rejected"])
+
+
+def hh_preference(r: dict) -> dict:
+    """Anthropic HH-style pairs: prompt "\\n\\nHuman: q1\\n\\nAssistant: a1\\n\\nHuman: q2\\n\\nAssistant:"
+    (or OpenAssistant "prompter: q1\\nassistant: a1\\nprompter: q2"); chosen/rejected answer q2, with or
+    without a leading "Assistant:"."""
+    prompt = _system(r) + _transcript(r["prompt"], "prompt", plain="trl_preference")
+    return _pair(prompt, _transcript_answer(r["chosen"], "chosen"), _transcript_answer(r["rejected"], "rejected"))
 
 
 def qa_preference(r: dict) -> dict:
@@ -268,6 +324,7 @@ class Format:
     keys: FrozenSet[str]  # keys a record must have for this format to be detected
     convert: Callable[[dict], dict]
     example: str
+    declared_only: bool = False  # same keys as a plainer format: used only when named (data.format=...)
 
 
 FORMATS: Dict[str, Format] = {f.name: f for f in [
@@ -279,12 +336,18 @@ FORMATS: Dict[str, Format] = {f.name: f for f in [
            '{"instruction": "...", "input": "", "output": "...", "history": []}'),
     Format("moss", "chat", frozenset({"plain_text"}), moss,
            '{"plain_text": "[Human]: ...<eoh> [MOSS]: ...<eoa> [Human]: ...<eoh> [MOSS]: ...<eoa>"}'),
+    Format("belle_multiturn", "chat", frozenset({"instruction", "output"}), belle_multiturn,
+           '{"instruction": "Human:...\\nAssistant:...\\nHuman:...\\nAssistant:", "input": "", "output": "..."}',
+           declared_only=True),
     Format("text", "text", frozenset({"text"}), text, '{"text": "..."} or a .txt file'),
     Format("sharegpt_preference", "preference", frozenset({"conversations", "chosen", "rejected"}),
            sharegpt_preference, '{"conversations": [{"from": "human", "value": "..."}], "chosen": "...", '
                                 '"rejected": "..."}'),
     Format("trl_preference", "preference", frozenset({"prompt", "chosen", "rejected"}), trl_preference,
            '{"prompt": "...", "chosen": "...", "rejected": "..."}'),
+    Format("hh_preference", "preference", frozenset({"prompt", "chosen", "rejected"}), hh_preference,
+           '{"prompt": "\\n\\nHuman: ...\\n\\nAssistant: ...\\n\\nHuman: ...\\n\\nAssistant:", "chosen": " ...", '
+           '"rejected": " ..."}', declared_only=True),
     Format("qa_preference", "preference", frozenset({"question", "response_chosen", "response_rejected"}),
            qa_preference, '{"system": "", "history": [], "question": "...", "response_chosen": "...", '
                           '"response_rejected": "..."}'),
@@ -302,8 +365,9 @@ FORMATS: Dict[str, Format] = {f.name: f for f in [
 
 
 def candidates(record: dict) -> List[str]:
-    """Formats whose keys the record has, keeping only the most specific (a superset beats its subset)."""
-    fits = [f for f in FORMATS.values() if f.keys <= record.keys()]
+    """Formats whose keys the record has, keeping only the most specific (a superset beats its subset).
+    Declared-only formats share their keys with a plainer format, so they are never guessed."""
+    fits = [f for f in FORMATS.values() if f.keys <= record.keys() and not f.declared_only]
     return [f.name for f in fits if not any(f.keys < g.keys for g in fits)]
 
 
