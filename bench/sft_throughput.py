@@ -3,6 +3,9 @@ token budget per step and number of steps. Prints a table and one final `name=va
 
     python bench/sft_throughput.py                    # CPU: Qwen2 shape hidden 256, 4 layers, ~4k BPE, max len 512
     python bench/sft_throughput.py --device cuda      # GPU: Qwen2.5-1.5B shape, vocab 151,936, bf16, max len 1024
+    python bench/sft_throughput.py --epoch --repeat 1 --modes a_medicalgpt,b_group_len,c_default
+                                                      # each mode trains one whole epoch: every record once, so the
+                                                      # ratios carry no sampling noise (~10 min on CPU)
 
 Modes (each a fresh model with the same seed, AdamW, one plain training loop shared by all modes, so only the
 batching / attention / loss path differs). (a), (b) and packing take the loss from the full logits, as the
@@ -206,10 +209,11 @@ def run_mode(mode: str, device: str, steps: int, warmup: int, batch: int, max_le
     from medgpt.batching import BatchPlan
 
     plan = list(BatchPlan(batches_for(mode, lengths, batch, max_length, random.Random(0)), seed=0))  # seeded order
+    steps = steps or len(plan)  # 0: one epoch (the warmup steps come from its start and are seen again)
     model = make_model(device, cache, varlen=mode in VARLEN_MODES)
     model.config.use_cache = False
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # the Trainer default, adamw_torch_fused
     loss_of, loss_kind = loss_function(mode, model)
     forward_model = model
     if mode == "j_compiled":  # fixed packed-row shapes: compile once
@@ -254,6 +258,8 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
+    parser.add_argument("--epoch", action="store_true",
+                        help="each mode trains one epoch of the data (its own number of steps) instead of --steps")
     parser.add_argument("--modes")
     parser.add_argument("--repeat", type=int, default=2,
                         help="CPU: run the modes this many times, interleaved, and keep each mode's best run "
@@ -263,7 +269,7 @@ def main():
     args = parser.parse_args()
     gpu = args.device == "cuda"
     batch, max_length = (8, 1024) if gpu else (4, 512)
-    steps = args.steps or (30 if gpu else 20)
+    steps = 0 if args.epoch else args.steps if args.steps is not None else (30 if gpu else 20)
     warmup = args.warmup or (5 if gpu else 2)
     cache = Path(args.cache)
     if args.child:  # one mode in a fresh process, so peak RSS is that mode's
@@ -306,19 +312,20 @@ def report(results, gpu: bool, batch: int, max_length: int, steps: int):
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
         print(f"device: {name}; MFU = 6 * N * tokens/s / {peak} TFLOP/s (dense bf16 spec), N = all parameters")
-    print(f"batch {batch} x max length {max_length}, {steps} timed steps per mode")
-    header = f"{'mode':<14} {'loss':<22} {'tok/s':>9} {'vs a':>6} {'vs b':>6} {'padding':>8} {'peak GB':>8}" + (
+    print(f"batch {batch} x max length {max_length}, " +
+          ("one epoch per mode" if not steps else f"{steps} timed steps per mode"))
+    header = f"{'mode':<14} {'loss':<22} {'steps':>5} {'tok/s':>9} {'vs a':>6} {'vs b':>6} {'padding':>8} {'peak GB':>8}" + (
         f" {'MFU':>6}" if gpu else "")
     print(header)
     print("-" * len(header))
     final = []
     for r in results:
         if r.get("oom"):
-            print(f"{r['mode']:<14} {'':<22} {'OOM':>9} {'':>6} {'':>6} {'':>8} {r['peak_memory_gb']:>8}")
+            print(f"{r['mode']:<14} {'':<22} {'':>5} {'OOM':>9} {'':>6} {'':>6} {'':>8} {r['peak_memory_gb']:>8}")
             final.append(f"{r['mode']}=OOM")
             continue
         tps = r["tokens_per_s"]
-        line = (f"{r['mode']:<14} {r['loss']:<22} {tps:>9.0f} {tps / base_a if base_a else 0:>6.2f} "
+        line = (f"{r['mode']:<14} {r['loss']:<22} {r['steps']:>5} {tps:>9.0f} {tps / base_a if base_a else 0:>6.2f} "
                 f"{tps / base_b if base_b else 0:>6.2f} {r['padding']:>8.1%} {r['peak_memory_gb']:>8}")
         if gpu and peak:
             mfu = 6 * r["params"] * tps / (peak * 1e12)
