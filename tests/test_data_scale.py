@@ -371,6 +371,20 @@ def test_inspect_reports_lengths_loss_share_and_marked_examples(capsys):
     assert "user" in stats["examples"][0].split(LOSS_OPEN)[0]  # the prompt is outside the marked span
 
 
+def test_inspect_marks_only_the_chosen_answer_of_a_multi_turn_preference(tmp_path):
+    """DPO trains on the completion: the assistant turns inside the prompt carry no loss, and inspect says so."""
+    from medgpt.data.inspect import LOSS_CLOSE, LOSS_OPEN, compose as inspect_compose, inspect_data
+
+    pair = {"prompt": "\n\nHuman: fever?\n\nAssistant: Rest.\n\nHuman: and a child?\n\nAssistant:",
+            "chosen": " Ask a doctor.", "rejected": " Aspirin."}
+    (tmp_path / "hh.jsonl").write_text(json.dumps(pair))
+    stats = inspect_data(inspect_compose(["stage=dpo", f"data.train_files=[{tmp_path / 'hh.jsonl'}]",
+                                          "data.format=hh_preference", "data.eval_split=0"]))
+    example = stats["examples"][0]
+    assert example.count(LOSS_OPEN) == 1 and f"{LOSS_OPEN}Ask a doctor." in example and "Rest." in example
+    assert example.index("Rest.") < example.index(LOSS_OPEN) and example.rstrip().endswith(LOSS_CLOSE)
+
+
 def test_inspect_picks_the_data_stage_and_runs_as_a_module():
     from medgpt.data.inspect import LOSS_OPEN, compose as inspect_compose, inspect_data
 

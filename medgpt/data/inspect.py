@@ -49,7 +49,12 @@ def tokenize_row(row: dict, tokenizer) -> Tuple[List[int], List[int]]:
     if messages[-1]["role"] != "assistant":  # prompt-only data: nothing carries loss
         ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
         return list(ids), [IGNORE] * len(ids)
-    return chat_labels(tokenizer, messages)
+    ids, labels = chat_labels(tokenizer, messages)
+    if "chosen" in row or "completion" in row:  # preference / unpaired: the completion alone is trained, not the
+        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]  # assistant turns of the prompt
+        labels = [IGNORE] * len(prompt) + labels[len(prompt):]
+    return ids, labels
 
 
 def percentile(sorted_values: List[int], p: float) -> int:
