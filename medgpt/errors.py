@@ -1,4 +1,6 @@
 """User errors: bad input or config. They print as one clear message (no traceback) and exit non-zero."""
+import functools
+import sys
 
 
 class UserError(Exception):
@@ -16,9 +18,6 @@ class DataError(UserError):
 
 def command(main):
     """Decorates a CLI entry point: a UserError prints as `error: <message>` on stderr (no traceback), returns 2."""
-    import functools
-    import sys
-
     @functools.wraps(main)
     def run(*args, **kwargs):
         try:
