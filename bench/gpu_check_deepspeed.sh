@@ -16,6 +16,7 @@ status=0
 report() { if [ "$2" -eq 0 ]; then echo "PASS $1"; else echo "FAIL $1"; status=1; fi; }
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+python3 -m pip list 2>/dev/null | grep -iE "^(pyarrow|regex|huggingface.hub|tokenizers|accelerate|torch) "  # the carried wheels' needs
 python3 -c "import torch, deepspeed; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'cuda', torch.cuda.is_available())"
 
 python3 -m pytest tests/test_scaleout.py -m gpu -q -rA -p no:cacheprovider > "$OUT/pytest.log" 2>&1
