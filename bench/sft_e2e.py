@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from sft_throughput import SAMPLE, build_tokenizer_and_data  # noqa: E402  (the bench model and tokenizer)
+from sft_throughput import SAMPLE, build_bench_model, sample_rows  # noqa: E402
 
 MAX_LENGTH, BATCH, LEARNING_RATE = 512, 4, 2e-5
 
@@ -42,13 +42,12 @@ def medicalgpt(cache: Path, out: Path, max_steps: int) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from medgpt.data.loading import expand_files, load_split
     from medgpt.data.tokenize import tokenize_chats
     from medgpt.models import load_tokenizer
 
     torch.set_num_threads(1)
     tokenizer = load_tokenizer(model_config(cache))
-    rows = load_split(expand_files([str(SAMPLE)]), accepted=["sharegpt"]).rows
+    rows = sample_rows()
     columns, _ = tokenize_chats(rows, tokenizer, MAX_LENGTH, "truncate")
     columns["attention_mask"] = [[1] * len(ids) for ids in columns["input_ids"]]
     torch.manual_seed(42)
@@ -92,7 +91,7 @@ def main():
         with tempfile.TemporaryDirectory() as out:
             print(json.dumps(medicalgpt(cache, Path(out), args.max_steps)))
         return
-    build_tokenizer_and_data(MAX_LENGTH, cache)  # builds the bench model once
+    build_bench_model(cache, sample_rows())
     runs = {"medicalgpt": [], "medgpt": []}
     for _ in range(args.repeat):  # interleaved, best of each: a slow spell of a shared machine hits neither in particular
         child = subprocess.run([sys.executable, __file__, "--child", "medicalgpt", "--cache", str(cache),

@@ -49,19 +49,31 @@ QWEN25_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28
                   tie_word_embeddings=True)
 
 
-def build_tokenizer_and_data(max_length: int, cache: Path):
-    """A ~4k BPE tokenizer built like model=tiny, trained on the sample's text; the sample tokenized with it."""
-    from transformers import AutoTokenizer
-
+def sample_rows():
+    """The 1,000 normalised conversations of the SFT sample."""
     from medgpt.data.loading import expand_files, load_split
-    from medgpt.data.tokenize import tokenize_chats
+
+    return load_split(expand_files([str(SAMPLE)]), accepted=["sharegpt"]).rows
+
+
+def build_bench_model(cache: Path, rows) -> None:
+    """The CPU bench model in `cache`, once: a ~4k BPE tokenizer built like model=tiny, trained on the rows' text."""
     from medgpt.tiny import build_tiny
 
-    rows = load_split(expand_files([str(SAMPLE)]), accepted=["sharegpt"]).rows
     if not (cache / "tokenizer.json").exists():
         texts = [m["content"] for r in rows for m in r["messages"]]
         build_tiny(cache, texts, vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                    num_attention_heads=4, num_key_value_heads=2)
+
+
+def build_tokenizer_and_data(max_length: int, cache: Path):
+    """The bench model's tokenizer and the sample tokenized with it."""
+    from transformers import AutoTokenizer
+
+    from medgpt.data.tokenize import tokenize_chats
+
+    rows = sample_rows()
+    build_bench_model(cache, rows)
     tokenizer = AutoTokenizer.from_pretrained(cache)
     columns, _ = tokenize_chats(rows, tokenizer, max_length, "truncate")
     return tokenizer, columns
