@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,14 +18,10 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+from medgpt.cluster import free_port
+
 QUESTIONS = ["头痛发热怎么办？", "高血压患者饮食要注意什么？", "What are the early signs of diabetes?",
              "感冒和流感有什么区别？", "How should a sprained ankle be treated?"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(url: str, proc, timeout: float = 300) -> None:

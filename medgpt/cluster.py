@@ -8,8 +8,16 @@ Multi-node without SLURM: scripts/multinode_torchrun.sh.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from typing import List, Optional
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for a single-machine rendezvous (and servers in tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def export_submitit_ranks() -> bool:

@@ -136,15 +136,14 @@ def _init_cpu_deepspeed() -> None:
     """DeepSpeed on CPU: gloo, initialised before the training args (else ranks disagree on the world size); a
     plain `python train.py` gets the single-process rendezvous variables DeepSpeed would look for in MPI."""
     import os
-    import socket
 
     import deepspeed
 
+    from medgpt.cluster import free_port
+
     if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
     deepspeed.init_distributed(dist_backend="gloo")
 
 

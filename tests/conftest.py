@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from medgpt.cluster import free_port  # noqa: F401  (tests import it from here; servers listen on loopback)
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 SAMPLES = Path(os.environ.get("MEDGPT_SAMPLES", ROOT.parent / "shared" / "data" / "medicalgpt-samples"))
@@ -47,15 +49,6 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int 
     command = [sys.executable, "-m", module, *args] if module else [sys.executable, str(ROOT / "train.py"), *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (servers in tests listen on loopback only)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_jsonl(path: Path):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose, run_cli, train_in_process
+from conftest import ROOT, compose, free_port, run_cli, train_in_process
 from medgpt import estimate
 from medgpt.errors import UserError
 
@@ -140,15 +139,9 @@ STEPS = ("stage.args.max_steps=3", "stage.args.logging_steps=1", "data.eval_spli
 LOSS_RTOL = 1e-3  # per logged step; measured: the 2-process and 1-process losses agree to ~1e-6 here
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(out: Path, *overrides: str, nproc: int = 2, timeout: int = 900):
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={_free_port()}", str(ROOT / "train.py"), f"output_root={out}", *overrides]
+               f"--master_port={free_port()}", str(ROOT / "train.py"), f"output_root={out}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
