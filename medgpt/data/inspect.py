@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 from medgpt.data.tokenize import IGNORE, chat_labels
 from medgpt.errors import UserError
+from medgpt.generate import prompt_ids
 
 PERCENTILES = (50, 90, 95, 99)
 LOSS_OPEN, LOSS_CLOSE = "«", "»"
@@ -51,8 +52,7 @@ def tokenize_row(row: dict, tokenizer) -> Tuple[List[int], List[int]]:
         return list(ids), [IGNORE] * len(ids)
     ids, labels = chat_labels(tokenizer, messages)
     if "chosen" in row or "completion" in row:  # preference / unpaired: the completion alone is trained, not the
-        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"]  # assistant turns of the prompt
+        prompt = prompt_ids(tokenizer, row["prompt"])  # assistant turns of the prompt
         labels = [IGNORE] * len(prompt) + labels[len(prompt):]
     return ids, labels
 
