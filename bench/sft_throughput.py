@@ -3,12 +3,14 @@ token budget per step and number of steps. Prints a table and one final `name=va
 
     python bench/sft_throughput.py                    # CPU: Qwen2 shape hidden 256, 4 layers, ~4k BPE, max len 512
     python bench/sft_throughput.py --device cuda      # GPU: Qwen2.5-1.5B shape, vocab 151,936, bf16, max len 1024
-    python bench/sft_throughput.py --epoch --repeat 1 --modes a_medicalgpt,b_group_len,c_default
+    python bench/sft_throughput.py --epoch --modes a_medicalgpt,b_group_len,c_default
                                                       # each mode trains one whole epoch: every record once, so the
                                                       # ratios carry no sampling noise (~10 min on CPU)
 
 Modes (each a fresh model with the same seed, AdamW, one plain training loop shared by all modes, so only the
-batching / attention / loss path differs). (a), (b) and packing take the loss from the full logits, as the
+batching / attention / loss path differs). On CPU all modes train in one process, a step of each in turn, each
+step timed on its own, so the machine's drift falls on every mode alike; peak memory comes from a fresh process
+per mode that trains its largest batches. (a), (b) and packing take the loss from the full logits, as the
 transformers Trainer does; medgpt's token-budget modes project only labelled positions (medgpt.losses, its SFT
 default) unless a mode says "fused": TRL's fused LM head (stage.fused_lm_head=true; where TRL is not installed,
 e.g. a bare GPU box, an equivalent chunked loss stands in):
@@ -33,7 +35,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -211,58 +212,117 @@ def loss_function(mode: str, model):
     return (lambda inputs: model(**inputs, use_cache=False, fused_lm_head=True).loss), "TRL fused head"
 
 
-def run_mode(mode: str, device: str, steps: int, warmup: int, batch: int, max_length: int, cache: Path) -> dict:
+def prepare_mode(mode: str, device: str, batch: int, max_length: int, cache: Path, tokenizer, columns) -> dict:
+    """What one mode trains with: its seeded batch plan, a fresh model (same seed for every mode), AdamW, its loss."""
     import torch
 
-    if device == "cpu":
-        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))  # 1 thread, as RECIPES.md's references
-    tokenizer, columns = build_tokenizer_and_data(max_length, cache)
-    lengths = [len(x) for x in columns["input_ids"]]
     from medgpt.batching import BatchPlan
 
+    lengths = [len(x) for x in columns["input_ids"]]
     plan = list(BatchPlan(batches_for(mode, lengths, batch, max_length, random.Random(0)), seed=0))  # seeded order
-    steps = steps or len(plan)  # 0: one epoch (the warmup steps come from its start and are seen again)
     model = make_model(device, cache, varlen=mode in VARLEN_MODES)
     model.config.use_cache = False
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # the Trainer default, adamw_torch_fused
     loss_of, loss_kind = loss_function(mode, model)
-    forward_model = model
     if mode == "j_compiled":  # fixed packed-row shapes: compile once
-        forward_model = torch.compile(model)
-        loss_of, loss_kind = loss_function(mode, forward_model)
+        loss_of, loss_kind = loss_function(mode, torch.compile(model))
     if mode in CHECKPOINTED_MODES:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    real_tokens = padded_tokens = 0
-    started = None
+    return {"mode": mode, "plan": plan, "model": model, "optimizer": optimizer, "loss_of": loss_of,
+            "loss": loss_kind, "pad_id": tokenizer.pad_token_id, "device": device}
+
+
+def train_step(state: dict, columns, batch_indices):
+    """One optimizer step of a mode; returns (non-padding tokens, padded tokens, loss)."""
+    inputs, real, padded = collate(state["mode"], columns, batch_indices, state["pad_id"], state["device"])
+    loss = state["loss_of"](inputs)
+    loss.backward()
+    state["optimizer"].step()
+    state["optimizer"].zero_grad(set_to_none=True)
+    return real, padded, loss
+
+
+def result(state: dict, seconds: float, real: int, padded: int, steps: int, loss, peak_gb) -> dict:
+    return {"mode": state["mode"], "oom": False, "tokens_per_s": real / seconds, "padding": 1 - real / padded,
+            "peak_memory_gb": peak_gb, "params": sum(p.numel() for p in state["model"].parameters()),
+            "final_loss": loss.item(), "steps": steps, "tokens": real, "loss": state["loss"]}
+
+
+def run_mode_gpu(mode: str, steps: int, warmup: int, batch: int, max_length: int, cache: Path) -> dict:
+    """One mode on the GPU, alone (its peak memory is then its own)."""
+    import torch
+
+    tokenizer, columns = build_tokenizer_and_data(max_length, cache)
+    state = prepare_mode(mode, "cuda", batch, max_length, cache, tokenizer, columns)
+    plan = state["plan"]
+    steps = steps or len(plan)  # 0: one epoch (the warmup steps come from its start and are seen again)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
     try:
         for step in range(warmup + steps):
             if step == warmup:
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-                real_tokens = padded_tokens = 0
-            inputs, real, padded = collate(mode, columns, plan[step % len(plan)], tokenizer.pad_token_id, device)
-            loss = loss_of(inputs)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+                torch.cuda.synchronize()
+                started, real_tokens, padded_tokens = time.perf_counter(), 0, 0
+            real, padded, loss = train_step(state, columns, plan[step % len(plan)])
             real_tokens += real
             padded_tokens += padded
-        if device == "cuda":
-            torch.cuda.synchronize()
+        torch.cuda.synchronize()
     except torch.OutOfMemoryError:
         return {"mode": mode, "oom": True, "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2 ** 30, 1)}
-    seconds = time.perf_counter() - started
-    peak = (torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
-    n_params = sum(p.numel() for p in model.parameters())
-    return {"mode": mode, "oom": False, "tokens_per_s": real_tokens / seconds, "padding": 1 - real_tokens / padded_tokens,
-            "peak_memory_gb": round(peak, 2), "params": n_params, "final_loss": float(loss),
-            "steps": steps, "tokens": real_tokens, "loss": loss_kind}
+    return result(state, time.perf_counter() - started, real_tokens, padded_tokens, steps, loss,
+                  round(torch.cuda.max_memory_allocated() / 2 ** 30, 2))
+
+
+def run_interleaved_cpu(modes, steps: int, warmup: int, batch: int, max_length: int, cache: Path) -> list:
+    """Every CPU mode in one process, one step at a time in turn, each step timed on its own: a shared machine's
+    slow spells (separate runs here drift by +-10%) then fall on every mode alike. With steps=0 (one epoch each)
+    the next step goes to the mode furthest behind in its own epoch."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))  # 1 thread, as RECIPES.md's references
+    tokenizer, columns = build_tokenizer_and_data(max_length, cache)
+    states = [prepare_mode(mode, "cpu", batch, max_length, cache, tokenizer, columns) for mode in modes]
+    for s in states:
+        s.update(done=0, total=warmup + (steps or len(s["plan"])), seconds=0.0, real=0, padded=0)
+    while True:
+        pending = [s for s in states if s["done"] < s["total"]]
+        if not pending:
+            break
+        s = min(pending, key=lambda s: s["done"] / s["total"])
+        started = time.perf_counter()
+        real, padded, s["last_loss"] = train_step(s, columns, s["plan"][s["done"] % len(s["plan"])])
+        if s["done"] >= warmup:
+            s["seconds"] += time.perf_counter() - started
+            s["real"] += real
+            s["padded"] += padded
+        s["done"] += 1
+        if sum(x["done"] for x in states) % 50 == 0:
+            print(" ".join(f"{x['mode']} {x['done']}/{x['total']}" for x in states), file=sys.stderr, flush=True)
+    return [result(s, s["seconds"], s["real"], s["padded"], s["total"] - warmup, s["last_loss"],
+                   peak_memory_gb(s["mode"], cache)) for s in states]
+
+
+def train_largest_batches(mode: str, batch: int, max_length: int, cache: Path, count: int = 2) -> float:
+    """Train a mode on its `count` largest batches in this (fresh) process; return the peak resident memory, GB."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    tokenizer, columns = build_tokenizer_and_data(max_length, cache)
+    state = prepare_mode(mode, "cpu", batch, max_length, cache, tokenizer, columns)
+    padded = [collate(mode, columns, b, state["pad_id"], "cpu")[2] for b in state["plan"]]
+    for i in sorted(range(len(padded)), key=padded.__getitem__)[-count:]:
+        train_step(state, columns, state["plan"][i])
+    status = Path("/proc/self/status").read_text()  # VmHWM: unlike ru_maxrss, not inherited over exec from the
+    return round(int(status.split("VmHWM:")[1].split()[0]) / 2 ** 20, 2)  # parent, which holds every mode's model
+
+
+def peak_memory_gb(mode: str, cache: Path) -> float:
+    """A mode's peak memory on CPU: its largest batches trained in a fresh process (the interleaved run shares
+    one process between modes)."""
+    out = subprocess.run([sys.executable, __file__, "--peak-of", mode, "--cache", str(cache)], capture_output=True,
+                         text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -273,10 +333,7 @@ def main():
     parser.add_argument("--epoch", action="store_true",
                         help="each mode trains one epoch of the data (its own number of steps) instead of --steps")
     parser.add_argument("--modes")
-    parser.add_argument("--repeat", type=int, default=2,
-                        help="CPU: run the modes this many times, interleaved, and keep each mode's best run "
-                             "(a shared machine's slow moments then hit no mode in particular)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--peak-of", help=argparse.SUPPRESS)
     parser.add_argument("--cache", default=str(Path.home() / ".cache/medgpt/bench-tokenizer"))
     args = parser.parse_args()
     gpu = args.device == "cuda"
@@ -284,33 +341,27 @@ def main():
     steps = 0 if args.epoch else args.steps if args.steps is not None else (30 if gpu else 20)
     warmup = args.warmup or (5 if gpu else 2)
     cache = Path(args.cache)
-    if args.child:  # one mode in a fresh process, so peak RSS is that mode's
-        print(json.dumps(run_mode(args.child, args.device, steps, warmup, batch, max_length, cache)))
+    if args.peak_of:  # a child process: one mode's peak resident memory
+        print(train_largest_batches(args.peak_of, batch, max_length, cache))
         return
     default_modes = "a_medicalgpt,b_group_len,c_default,c_fused,d_packing"
     if gpu:
         default_modes += ",d_varlen,f_big,i_best,h_c_32x1024,g_a_32x1024"
-    results = []
     modes = (args.modes or default_modes).split(",")
-    for mode in (modes if gpu else modes * args.repeat):
-        if gpu:
+    if not gpu:
+        results = run_interleaved_cpu(modes, steps, warmup, batch, max_length, cache)
+    else:
+        results = []
+        for mode in modes:
             try:
-                results.append(run_mode(mode, "cuda", steps, warmup, batch, max_length, cache))
+                results.append(run_mode_gpu(mode, steps, warmup, batch, max_length, cache))
             except Exception as e:  # one broken option must not hide the others' numbers
                 import traceback
 
                 traceback.print_exc()
                 results.append({"mode": mode, "oom": True, "peak_memory_gb": f"error: {type(e).__name__}"})
-        else:
-            out = subprocess.run([sys.executable, __file__, "--child", mode, "--steps", str(steps), "--warmup",
-                                  str(warmup), "--cache", str(cache)], capture_output=True, text=True, check=True)
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps(results[-1]), flush=True)
-    best = {}
-    for r in results:  # each mode's fastest run
-        if r["mode"] not in best or r.get("tokens_per_s", 0) > best[r["mode"]].get("tokens_per_s", 0):
-            best[r["mode"]] = r
-    report([best[m] for m in modes], gpu, batch, max_length, steps)
+            print(json.dumps(results[-1]), flush=True)
+    report(results, gpu, batch, max_length, steps)
 
 
 def report(results, gpu: bool, batch: int, max_length: int, steps: int):
