@@ -5,7 +5,7 @@ token budget per step and number of steps. Prints a table and one final `name=va
     python bench/sft_throughput.py --device cuda      # GPU: Qwen2.5-1.5B shape, vocab 151,936, bf16, max len 1024
     python bench/sft_throughput.py --epoch --modes a_medicalgpt,b_group_len,c_default
                                                       # each mode trains one whole epoch: every record once, so the
-                                                      # ratios carry no sampling noise (~10 min on CPU)
+                                                      # ratios carry no sampling noise (~17 min on CPU)
 
 Modes (each a fresh model with the same seed, AdamW, one plain training loop shared by all modes, so only the
 batching / attention / loss path differs). On CPU all modes train in one process, a step of each in turn, each
@@ -19,6 +19,7 @@ e.g. a bare GPU box, an equivalent chunked loss stands in):
   c_default      medgpt's default: token-budget batches (rows x longest <= batch size x max length), right
                  padding without an attention mask (causal attention never looks at the pads after a token)
   c_fused        c_default with the fused LM head
+  c_no_skip      c_default without the last-layer skip of medgpt.losses (the loss before it; not a default mode)
   c_group_len    medgpt with stage.batching=group_by_length: (b)'s batches, right padding without a mask
   d_packing      samples packed into max-length rows, positions restarting per sample (padding-free)
   d_varlen       d_packing with medgpt's variable-length flash attention (GPU only; medgpt.attention)
@@ -101,7 +102,7 @@ def make_model(device: str, cache: Path, varlen: bool = False):
 
 PACKED_MODES = ("d_packing", "d_varlen", "i_best", "j_compiled")
 VARLEN_MODES = ("d_varlen", "i_best", "j_compiled")
-OURS = ("c_default", "c_fused", "c_group_len", "f_big", "h_c_32x1024")  # token-budget batches, as medgpt trains
+OURS = ("c_default", "c_no_skip", "c_fused", "c_group_len", "f_big", "h_c_32x1024")  # batched as medgpt trains
 CHECKPOINTED_MODES = ("f_big", "h_c_32x1024", "i_best")
 FUSED_MODES = ("c_fused", "f_big", "h_c_32x1024", "i_best")
 
@@ -130,7 +131,7 @@ def batches_for(mode: str, lengths, batch: int, max_length: int, rng: random.Ran
         return random_batches(len(lengths), 32 if mode == "g_a_32x1024" else batch, rng)
     if mode in ("b_group_len", "c_group_len"):
         return length_grouped_batches(lengths, batch, rng)
-    if mode in ("c_default", "c_fused"):
+    if mode in ("c_default", "c_no_skip", "c_fused"):
         return token_budget_batches(lengths, batch * max_length, rng)
     if mode == "f_big":
         return token_budget_batches(lengths, 4 * batch * max_length, rng)
@@ -198,6 +199,16 @@ def chunked_loss(model, inputs, chunk_size: int = 4096):
 
 
 def loss_function(mode: str, model):
+    if mode == "c_no_skip":
+        from unittest import mock
+
+        from medgpt import losses
+
+        def without_skip(inputs):
+            with mock.patch.object(losses, "last_layer_position_wise", lambda inner: []):
+                return losses.labelled_positions_loss(model, inputs)
+
+        return without_skip, "labelled, no skip"
     if mode in OURS and mode not in FUSED_MODES:  # as medgpt's SFT trainer: labelled positions only
         from medgpt.losses import labelled_positions_loss
 
