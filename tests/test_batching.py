@@ -71,25 +71,35 @@ def test_packed_rows_do_not_attend_across_samples(tiny_dir):
     torch.testing.assert_close(together[:, 5:], alone_b, atol=1e-5, rtol=1e-4)
 
 
-def test_sft_trainer_uses_the_batch_plan(tmp_path):
+def _sft_trainer(tmp_path, **args):
+    from trl import SFTConfig
+
     from conftest import compose
-    from medgpt.run import prepare_datasets
     from medgpt.models import load_model, load_tokenizer
+    from medgpt.run import prepare_datasets
     from medgpt.stages import sft
 
     cfg = compose("stage.args.max_steps=1", "stage.tokens_per_batch=512", "data.eval_split=0")
     tokenizer = load_tokenizer(cfg.model)
     train, _, _ = prepare_datasets(cfg, sft, tokenizer)
-    from trl import SFTConfig
-
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none",
-                     per_device_train_batch_size=4)
+                     per_device_train_batch_size=4, **args)
     model = load_model(cfg.model, cfg.hardware, tokenizer=tokenizer)
-    trainer = sft.build_trainer(cfg, model, tokenizer, args, train, None, [])
+    return sft.build_trainer(cfg, model, tokenizer, args, train, None, []), train
+
+
+def test_sft_trainer_uses_the_batch_plan(tmp_path):
+    trainer, train = _sft_trainer(tmp_path)
+    assert trainer.labelled_loss  # the default loss: labelled positions only (medgpt.losses)
     assert isinstance(trainer.batch_plan, BatchPlan)
     sizes = [batch["input_ids"].shape for batch in trainer.get_train_dataloader()]
     assert sum(s[0] for s in sizes) == len(train)
     assert all(s[0] * s[1] <= 512 for s in sizes) and max(s[0] for s in sizes) > 4
+
+
+def test_a_compiled_sft_model_keeps_the_models_own_loss(tmp_path):
+    trainer, _ = _sft_trainer(tmp_path, torch_compile=True)  # the labelled loss would call the body uncompiled
+    assert not trainer.labelled_loss
 
 
 def test_right_padding_mask_is_redundant_under_causal_attention(tiny_dir):

@@ -66,8 +66,10 @@ def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, call
     trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                               processing_class=tokenizer, callbacks=callbacks)
     trainer.fused_lm_head = cfg.stage.fused_lm_head
-    trainer.labelled_loss = supports_labelled_loss(model) and zero_stage(cfg.hardware.deepspeed) != 3  # ZeRO-3
-    # gathers lm_head's weight only inside its own forward call, which this loss does not make
+    # ZeRO-3 gathers lm_head's weight only inside its own forward call, which this loss does not make; a compiled
+    # model (stage.args.torch_compile) would run this loss's body calls uncompiled
+    trainer.labelled_loss = (supports_labelled_loss(model) and zero_stage(cfg.hardware.deepspeed) != 3
+                             and not args.torch_compile)
     if not args.packing and cfg.stage.batching != "random":
         lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
         budget = cfg.stage.tokens_per_batch or args.per_device_train_batch_size * args.max_length
