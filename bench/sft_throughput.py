@@ -260,11 +260,17 @@ def result(state: dict, seconds: float, real: int, padded: int, steps: int, loss
             "final_loss": loss.item(), "steps": steps, "tokens": real, "loss": state["loss"]}
 
 
-def run_mode_gpu(mode: str, steps: int, warmup: int, batch: int, max_length: int, cache: Path) -> dict:
+def set_cpu_threads() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))  # 1 thread, as RECIPES.md's references
+
+
+def run_mode_gpu(mode: str, steps: int, warmup: int, batch: int, max_length: int, cache: Path, tokenizer,
+                 columns) -> dict:
     """One mode on the GPU, alone (its peak memory is then its own)."""
     import torch
 
-    tokenizer, columns = build_tokenizer_and_data(max_length, cache)
     state = prepare_mode(mode, "cuda", batch, max_length, cache, tokenizer, columns)
     plan = state["plan"]
     steps = steps or len(plan)  # 0: one epoch (the warmup steps come from its start and are seen again)
@@ -285,14 +291,12 @@ def run_mode_gpu(mode: str, steps: int, warmup: int, batch: int, max_length: int
                   round(torch.cuda.max_memory_allocated() / 2 ** 30, 2))
 
 
-def run_interleaved_cpu(modes, steps: int, warmup: int, batch: int, max_length: int, cache: Path) -> list:
+def run_interleaved_cpu(modes, steps: int, warmup: int, batch: int, max_length: int, cache: Path, tokenizer,
+                        columns) -> list:
     """Every CPU mode in one process, one step at a time in turn, each step timed on its own: a shared machine's
     slow spells (separate runs here drift by +-10%) then fall on every mode alike. With steps=0 (one epoch each)
     the next step goes to the mode furthest behind in its own epoch."""
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))  # 1 thread, as RECIPES.md's references
-    tokenizer, columns = build_tokenizer_and_data(max_length, cache)
+    set_cpu_threads()
     states = [prepare_mode(mode, "cpu", batch, max_length, cache, tokenizer, columns) for mode in modes]
     for s in states:
         s.update(done=0, total=warmup + (steps or len(s["plan"])), seconds=0.0, real=0, padded=0)
@@ -316,9 +320,7 @@ def run_interleaved_cpu(modes, steps: int, warmup: int, batch: int, max_length: 
 
 def train_largest_batches(mode: str, batch: int, max_length: int, cache: Path, count: int = 2) -> float:
     """Train a mode on its `count` largest batches in this (fresh) process; return the peak resident memory, GB."""
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    set_cpu_threads()
     tokenizer, columns = build_tokenizer_and_data(max_length, cache)
     state = prepare_mode(mode, "cpu", batch, max_length, cache, tokenizer, columns)
     padded = [collate(mode, columns, b, state["pad_id"], "cpu")[2] for b in state["plan"]]
@@ -359,13 +361,14 @@ def main():
     if gpu:
         default_modes += ",d_varlen,f_big,i_best,h_c_32x1024,g_a_32x1024"
     modes = (args.modes or default_modes).split(",")
+    tokenizer, columns = build_tokenizer_and_data(max_length, cache)  # once, shared by every mode
     if not gpu:
-        results = run_interleaved_cpu(modes, steps, warmup, batch, max_length, cache)
+        results = run_interleaved_cpu(modes, steps, warmup, batch, max_length, cache, tokenizer, columns)
     else:
         results = []
         for mode in modes:
             try:
-                results.append(run_mode_gpu(mode, steps, warmup, batch, max_length, cache))
+                results.append(run_mode_gpu(mode, steps, warmup, batch, max_length, cache, tokenizer, columns))
             except Exception as e:  # one broken option must not hide the others' numbers
                 import traceback
 
