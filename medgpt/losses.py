@@ -37,8 +37,8 @@ def last_layer_position_wise(inner) -> list:
     Mistral ... layout). None under gradient checkpointing, whose recomputation in backward would run them on
     every position again; none for mixture-of-experts MLPs, whose router statistics cover every position."""
     layers = getattr(inner.model, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList) or not len(layers) or getattr(inner, "is_gradient_checkpointing",
-                                                                                    False):
+    if getattr(inner, "is_gradient_checkpointing", False) or not isinstance(layers, torch.nn.ModuleList) \
+            or not len(layers):
         return []
     last = layers[-1]
     attention, mlp = getattr(last, "self_attn", None), getattr(last, "mlp", None)
