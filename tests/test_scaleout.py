@@ -234,6 +234,8 @@ def test_gpu_deepspeed_trains_and_final_loads_without_it(tmp_path, overrides):
     ids = torch.tensor([tokenizer.encode("fever and cough")], device="cuda:0")
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids).logits.float()).all()
+        generated = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert generated.shape[1] == ids.shape[1] + 8  # the reloaded final/ generates
 
 
 @pytest.mark.gpu

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# GPU verification (issue 22) in one device call, ~7 min on an H200; a summary on stdout, each part's log in $OUT.
+#   bash bench/gpu_carry.sh                                  # here, first: .carry/ (wheels, Qwen tokenizer, samples)
+#   device run: command="bash bench/gpu_check.sh", carry=[".carry"], timeout_s=560
+#   bash bench/gpu_check.sh e2e,deepspeed                    # some parts only (a rerun)
+# Parts: throughput  bench/sft_throughput.py --device cuda, modes b_group_len,c_no_skip,c_default (the bench loop)
+#        e2e         bench/sft_e2e.py --device cuda: python train.py (full, no checkpointing, LoRA, QLoRA-4) beside
+#                    MedicalGPT's Trainer (a) and group_by_length (b) on a random Qwen2.5-1.5B shape, real tokenizer
+#        deepspeed   bench/gpu_check_deepspeed.sh (ZeRO-3 final/ reloads and generates, LoRA/QLoRA + ZeRO-2, ...)
+#        alignment   stage=dpo and stage=grpo with medgpt's defaults on the same 1.5B shape (beside deepspeed:
+#                    these two report completion, seconds per step and peak memory, not a clean speed comparison)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PARTS=${1:-throughput,e2e,deepspeed,alignment}
+OUT=${OUT:-$(mktemp -d)}
+export WORK=/tmp/gpu_check MODEL=/tmp/gpu_check/qwen2.5-1.5b-random TOKENIZER=/tmp/gpu_check/tokenizer-qwen3
+mkdir -p "$WORK" "$TOKENIZER"
+export PYTHONUNBUFFERED=1 WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export MEDGPT_SAMPLES=$PWD/.carry/samples MEDGPT_CACHE=$WORK/cache
+if [ -d .carry/wheels ] && [ ! -d /tmp/site/trl ]; then  # packages the image lacks, once per machine
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .carry/wheels/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD
+[ -f "$TOKENIZER/tokenizer.json" ] || { gunzip -c .carry/tokenizer-qwen3/tokenizer.json.gz > "$TOKENIZER/tokenizer.json" \
+    && cp .carry/tokenizer-qwen3/tokenizer_config.json "$TOKENIZER/"; }
+has() { [[ ",$PARTS," == *",$1,"* ]]; }
+step() { echo; echo "=== $1 ($(date +%T))"; }
+
+step setup
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import sys, torch, transformers, trl, peft, datasets, pyarrow, accelerate, bitsandbytes
+print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'trl',
+      trl.__version__, 'peft', peft.__version__, 'datasets', datasets.__version__, 'pyarrow', pyarrow.__version__,
+      'accelerate', accelerate.__version__, 'bitsandbytes', bitsandbytes.__version__)"
+python3 -c "import vllm" 2>/dev/null && echo "vllm: installed" || echo "vllm: not on the image (and too large to carry)"
+timeout 120 python3 bench/sft_e2e.py --device cuda --build-only --cache "$MODEL" --tokenizer "$TOKENIZER" \
+    && echo "model: $(du -sh "$MODEL" | cut -f1) at $MODEL"
+
+if has throughput; then
+    step "throughput: bench loop, Qwen2.5-1.5B shape, 8 x 1024, 20 timed steps"
+    timeout 150 python3 bench/sft_throughput.py --device cuda --steps 20 --warmup 3 \
+        --modes b_group_len,c_no_skip,c_default > "$OUT/throughput.log" 2>&1
+    echo "exit $?"; grep -vE "^\{|Warning|warn" "$OUT/throughput.log" | tail -8
+fi
+
+if has e2e; then
+    step "e2e: real trainers, Qwen2.5-1.5B shape, Qwen3 tokenizer, 8 x 1024, 40 steps a mode"
+    timeout 300 python3 bench/sft_e2e.py --device cuda --cache "$MODEL" --tokenizer "$TOKENIZER" --max-steps 40 \
+        > "$OUT/e2e.log" 2>&1
+    echo "exit $?"; grep -A12 "^device:" "$OUT/e2e.log" || tail -40 "$OUT/e2e.log"
+fi
+
+alignment() {
+    local stage=$1; shift
+    timeout 200 python3 train.py stage=$stage hardware=full model=qwen2.5-0.5b model.path="$MODEL" logger=none \
+        output_root="$WORK/$stage" "$@" > "$WORK/$stage.log" 2>&1
+    echo "stage=$stage exit $? ($*)"
+    python3 - "$WORK/$stage" <<'PY'
+import json, sys, pathlib
+for path in pathlib.Path(sys.argv[1]).glob("runs/*/*/metrics.json"):
+    m = json.loads(path.read_text())
+    if m.get("status") != "completed":
+        print("  FAILED:", m.get("error")); continue
+    logs = [h for h in json.loads((path.parent / "history.json").read_text())["log_history"] if "loss" in h]
+    keys = ("loss", "rewards/margins", "rewards/accuracies", "reward", "kl", "completions/mean_length")
+    print(f"  steps {m['global_step']}, {m['train_runtime'] / m['global_step']:.2f} s/step, "
+          f"peak {m['peak_memory_mb'] / 1024:.1f} GB, first step after {m.get('seconds_to_first_step')} s")
+    for h in (logs[0], logs[-1]) if logs else ():
+        print("  step", h.get("step"), {k: round(h[k], 4) for k in keys if k in h})
+PY
+    tail -3 "$WORK/$stage.log" | grep -iE "error|Traceback" && tail -30 "$WORK/$stage.log"
+}
+if has deepspeed || has alignment; then
+    step "deepspeed checks beside the alignment stages"
+    has deepspeed && { timeout 400 bash bench/gpu_check_deepspeed.sh > "$OUT/deepspeed.log" 2>&1; echo "exit $?" >> "$OUT/deepspeed.log"; } &
+    if has alignment; then
+        alignment dpo data=medical_dpo stage.args.max_steps=20 stage.args.logging_steps=5
+        alignment grpo data=medical_grpo stage.args.max_steps=4 stage.args.logging_steps=1
+        cat "$WORK/dpo.log" "$WORK/grpo.log" > "$OUT/alignment.log"
+    fi
+    wait
+    has deepspeed && grep -E "^(PASS|FAIL|SKIP|INFO|exit)" "$OUT/deepspeed.log"
+fi
+step done
