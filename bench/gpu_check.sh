@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# GPU verification (issue 22) in one device call, ~7 min on an H200; a summary on stdout, each part's log in $OUT.
+# GPU verification (issue 22) in one device call, ~9 min on an H200; a summary on stdout, each part's log in $OUT.
 #   bash bench/gpu_carry.sh                                  # here, first: .carry/ (wheels, Qwen tokenizer, samples)
-#   device run: command="bash bench/gpu_check.sh", carry=[".carry"], timeout_s=560
-#   bash bench/gpu_check.sh e2e,deepspeed                    # some parts only (a rerun)
+#   device run: command="bash bench/gpu_check.sh", carry=[".carry"], timeout_s=590
+#   E2E_MODES=medgpt,medgpt_lora bash bench/gpu_check.sh e2e,deepspeed     # some parts and modes only (a rerun)
 # Parts: throughput  bench/sft_throughput.py --device cuda, modes b_group_len,c_no_skip,c_default (the bench loop)
 #        e2e         bench/sft_e2e.py --device cuda: python train.py (full, no checkpointing, LoRA, QLoRA-4) beside
 #                    MedicalGPT's Trainer (a) and group_by_length (b) on a random Qwen2.5-1.5B shape, real tokenizer
 #        deepspeed   bench/gpu_check_deepspeed.sh (ZeRO-3 final/ reloads and generates, LoRA/QLoRA + ZeRO-2, ...)
-#        alignment   stage=dpo and stage=grpo with medgpt's defaults on the same 1.5B shape (beside deepspeed:
-#                    these two report completion, seconds per step and peak memory, not a clean speed comparison)
+#        alignment   stage=dpo and stage=grpo with medgpt's defaults on the same 1.5B shape
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PARTS=${1:-throughput,e2e,deepspeed,alignment}
+PARTS=${1:-deepspeed,e2e,throughput,alignment}  # in this order
 OUT=${OUT:-$(mktemp -d)}
 export WORK=/tmp/gpu_check MODEL=/tmp/gpu_check/qwen2.5-1.5b-random TOKENIZER=/tmp/gpu_check/tokenizer-qwen3
 mkdir -p "$WORK" "$TOKENIZER"
@@ -24,7 +23,6 @@ fi
 export PYTHONPATH=/tmp/site:$PWD
 [ -f "$TOKENIZER/tokenizer.json" ] || { gunzip -c .carry/tokenizer-qwen3/tokenizer.json.gz > "$TOKENIZER/tokenizer.json" \
     && cp .carry/tokenizer-qwen3/tokenizer_config.json "$TOKENIZER/"; }
-has() { [[ ",$PARTS," == *",$1,"* ]]; }
 step() { echo; echo "=== $1 ($(date +%T))"; }
 
 step setup
@@ -37,19 +35,32 @@ python3 -c "import vllm" 2>/dev/null && echo "vllm: installed" || echo "vllm: no
 timeout 120 python3 bench/sft_e2e.py --device cuda --build-only --cache "$MODEL" --tokenizer "$TOKENIZER" \
     && echo "model: $(du -sh "$MODEL" | cut -f1) at $MODEL"
 
-if has throughput; then
+part_throughput() {
     step "throughput: bench loop, Qwen2.5-1.5B shape, 8 x 1024, 20 timed steps"
-    timeout 150 python3 bench/sft_throughput.py --device cuda --steps 20 --warmup 3 \
+    timeout 100 python3 bench/sft_throughput.py --device cuda --steps 20 --warmup 3 \
         --modes b_group_len,c_no_skip,c_default > "$OUT/throughput.log" 2>&1
     echo "exit $?"; grep -vE "^\{|Warning|warn" "$OUT/throughput.log" | tail -8
-fi
+}
 
-if has e2e; then
+part_e2e() {
     step "e2e: real trainers, Qwen2.5-1.5B shape, Qwen3 tokenizer, 8 x 1024, 40 steps a mode"
     timeout 300 python3 bench/sft_e2e.py --device cuda --cache "$MODEL" --tokenizer "$TOKENIZER" --max-steps 40 \
-        > "$OUT/e2e.log" 2>&1
-    echo "exit $?"; grep -A12 "^device:" "$OUT/e2e.log" || tail -40 "$OUT/e2e.log"
-fi
+        ${E2E_MODES:+--modes "$E2E_MODES"} > "$OUT/e2e.log" 2>&1
+    echo "exit $?"; grep -A12 "^device:" "$OUT/e2e.log" || grep -E '^\{"mode"' "$OUT/e2e.log"
+}
+
+part_deepspeed() {
+    step "deepspeed checks"
+    timeout 300 bash bench/gpu_check_deepspeed.sh > "$OUT/deepspeed.log" 2>&1
+    echo "exit $?"; grep -E "^(PASS|FAIL|SKIP|INFO)" "$OUT/deepspeed.log"
+}
+
+part_alignment() {  # completion, seconds per step and peak memory of DPO and GRPO with medgpt's defaults
+    step "alignment: stage=dpo and stage=grpo, Qwen2.5-1.5B shape"
+    alignment dpo data=medical_dpo stage.args.max_steps=20 stage.args.logging_steps=5
+    alignment grpo data=medical_grpo stage.args.max_steps=4 stage.args.logging_steps=1
+    cat "$WORK/dpo.log" "$WORK/grpo.log" > "$OUT/alignment.log"
+}
 
 alignment() {
     local stage=$1; shift
@@ -69,17 +80,7 @@ for path in pathlib.Path(sys.argv[1]).glob("runs/*/*/metrics.json"):
     for h in (logs[0], logs[-1]) if logs else ():
         print("  step", h.get("step"), {k: round(h[k], 4) for k in keys if k in h})
 PY
-    tail -3 "$WORK/$stage.log" | grep -iE "error|Traceback" && tail -30 "$WORK/$stage.log"
 }
-if has deepspeed || has alignment; then
-    step "deepspeed checks beside the alignment stages"
-    has deepspeed && { timeout 400 bash bench/gpu_check_deepspeed.sh > "$OUT/deepspeed.log" 2>&1; echo "exit $?" >> "$OUT/deepspeed.log"; } &
-    if has alignment; then
-        alignment dpo data=medical_dpo stage.args.max_steps=20 stage.args.logging_steps=5
-        alignment grpo data=medical_grpo stage.args.max_steps=4 stage.args.logging_steps=1
-        cat "$WORK/dpo.log" "$WORK/grpo.log" > "$OUT/alignment.log"
-    fi
-    wait
-    has deepspeed && grep -E "^(PASS|FAIL|SKIP|INFO|exit)" "$OUT/deepspeed.log"
-fi
+
+for part in ${PARTS//,/ }; do "part_$part"; done
 step done

@@ -276,14 +276,16 @@ def run_mode_gpu(mode: str, steps: int, warmup: int, batch: int, max_length: int
     steps = steps or len(plan)  # 0: one epoch (the warmup steps come from its start and are seen again)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    real_tokens = padded_tokens = 0
     try:
         for step in range(warmup + steps):
             if step == warmup:
                 torch.cuda.synchronize()
-                started, real_tokens, padded_tokens = time.perf_counter(), 0, 0
+                started = time.perf_counter()
             real, padded, loss = train_step(state, columns, plan[step % len(plan)])
-            real_tokens += real
-            padded_tokens += padded
+            if step >= warmup:
+                real_tokens += real
+                padded_tokens += padded
         torch.cuda.synchronize()
     except torch.OutOfMemoryError:
         return {"mode": mode, "oom": True, "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2 ** 30, 1)}

@@ -107,7 +107,8 @@ def drop_causal_padding_mask(batch: dict) -> dict:
     if mask is None or "position_ids" in batch or not bool((mask[:, 1:] <= mask[:, :-1]).all()):
         return batch
     out = {k: v for k, v in batch.items() if k != "attention_mask"}
-    out["position_ids"] = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape[0], -1)
+    # repeat, not expand: a DataLoader pins each tensor on a GPU box, and pinning writes to a stride-0 view fail
+    out["position_ids"] = torch.arange(mask.shape[1], device=mask.device).repeat(mask.shape[0], 1)
     return out
 
 
