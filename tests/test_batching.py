@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import SAMPLES
-from medgpt.batching import (BatchPlan, length_grouped_batches, pad_collate, padding_fraction, plan_batches,
-                             random_batches, token_budget_batches)
+from medgpt.batching import (BatchPlan, drop_causal_padding_mask, length_grouped_batches, pad_collate,
+                             padding_fraction, plan_batches, random_batches, token_budget_batches)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,16 @@ def test_pad_collate_masks_padding():
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_batches_without_the_padding_mask_can_be_pinned():
+    """On a GPU box the DataLoader pins every batch tensor: it allocates one with the tensor's strides and copies
+    into it, which fails for a stride-0 (expanded) view. That stopped every SFT run on CUDA at its first batch."""
+    batch = drop_causal_padding_mask(pad_collate([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]},
+                                                  {"input_ids": [4], "labels": [4]}], 0))
+    assert "attention_mask" not in batch and batch["position_ids"].tolist() == [[0, 1, 2], [0, 1, 2]]
+    for tensor in batch.values():
+        torch.empty_strided(tensor.size(), tensor.stride()).copy_(tensor)  # what pin_memory does
 
 
 def test_packed_rows_do_not_attend_across_samples(tiny_dir):
