@@ -54,7 +54,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import compose
     from medgpt.data.cache import cached_prepare
-    from medgpt.models import load_tokenizer
+    from medgpt.modeling.load import load_tokenizer
     from medgpt.stages import sft
 
     cfg = compose("stage=sft", "model=tiny", f"model.max_length={options.max_length}",

@@ -2,7 +2,7 @@
 
     python bench/serve_load.py <run folder> [--requests 20 --concurrency 4 --max-tokens 64 --server-concurrency 2]
 
-Starts `python -m medgpt.serve <run>` on a free loopback port, waits for /health, sends the requests with the
+Starts `medgpt serve <run>` on a free loopback port, waits for /health, sends the requests with the
 official openai client (non-streaming, then the same number streaming for time-to-first-token), prints a JSON
 summary and stops the server it started.
 """
@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from medgpt.cluster import free_port  # noqa: E402
+from medgpt.training.cluster import free_port  # noqa: E402
 
 QUESTIONS = ["头痛发热怎么办？", "高血压患者饮食要注意什么？", "What are the early signs of diabetes?",
              "感冒和流感有什么区别？", "How should a sprained ankle be treated?"]
@@ -86,7 +86,7 @@ def main() -> None:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "medgpt.serve", args.run, "--host", "127.0.0.1", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "medgpt", "serve", args.run, "--host", "127.0.0.1", "--port",
                              str(port), "--max-concurrency", str(args.server_concurrency)],
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

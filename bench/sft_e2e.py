@@ -90,7 +90,7 @@ def trainer_mode(mode: str, cache: Path, device: str, out: Path, max_steps: int)
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from medgpt.data.tokenize import tokenize_chats
-    from medgpt.models import load_tokenizer
+    from medgpt.modeling.load import load_tokenizer
 
     gpu = device == "cuda"
     shape = SHAPE[device]

@@ -11,7 +11,7 @@ Modes (each a fresh model with the same seed, AdamW, one plain training loop sha
 batching / attention / loss path differs). On CPU all modes train in one process, a step of each in turn, each
 step timed on its own, so the machine's drift falls on every mode alike; peak memory comes from a fresh process
 per mode that trains its largest batches. (a), (b) and packing take the loss from the full logits, as the
-transformers Trainer does; medgpt's token-budget modes project only labelled positions (medgpt.losses, its SFT
+transformers Trainer does; medgpt's token-budget modes project only labelled positions (medgpt.training.losses, its SFT
 default) unless a mode says "fused": TRL's fused LM head (stage.fused_lm_head=true; where TRL is not installed,
 e.g. a bare GPU box, an equivalent chunked loss stands in):
   a_medicalgpt   random order, dynamic padding to the longest in the batch (supervised_finetuning.py's batches)
@@ -19,10 +19,10 @@ e.g. a bare GPU box, an equivalent chunked loss stands in):
   c_default      medgpt's default: token-budget batches (rows x longest <= batch size x max length), right
                  padding without an attention mask (causal attention never looks at the pads after a token)
   c_fused        c_default with the fused LM head
-  c_no_skip      c_default without the last-layer skip of medgpt.losses (the loss before it; not a default mode)
+  c_no_skip      c_default without the last-layer skip of medgpt.training.losses (the loss before it; not a default mode)
   c_group_len    medgpt with stage.batching=group_by_length: (b)'s batches, right padding without a mask
   d_packing      samples packed into max-length rows, positions restarting per sample (padding-free)
-  d_varlen       d_packing with medgpt's variable-length flash attention (GPU only; medgpt.attention)
+  d_varlen       d_packing with medgpt's variable-length flash attention (GPU only; medgpt.modeling.attention)
 GPU only:
   j_compiled     d_varlen with torch.compile (not in the default list: recompiles as sample boundaries change)
   i_best         packing into 4x as many rows, varlen attention, fused head, activation checkpointing
@@ -60,7 +60,7 @@ def sample_rows():
 
 def build_bench_model(cache: Path, rows) -> None:
     """The CPU bench model in `cache`, once: a ~4k BPE tokenizer built like model=tiny, trained on the rows' text."""
-    from medgpt.tiny import build_tiny
+    from medgpt.modeling.tiny import build_tiny
 
     if not (cache / "tokenizer.json").exists():
         texts = [m["content"] for r in rows for m in r["messages"]]
@@ -91,7 +91,7 @@ def make_model(device: str, cache: Path, varlen: bool = False):
     config = Qwen2Config(**QWEN25_15B)
     config._attn_implementation = "sdpa"
     if varlen:
-        from medgpt.attention import NAME, register
+        from medgpt.modeling.attention import NAME, register
 
         register()
         config._attn_implementation = NAME
@@ -125,7 +125,7 @@ def pack_rows(lengths, row_len: int, rng: random.Random):
 
 
 def batches_for(mode: str, lengths, batch: int, max_length: int, rng: random.Random):
-    from medgpt.batching import length_grouped_batches, random_batches, token_budget_batches
+    from medgpt.training.batching import length_grouped_batches, random_batches, token_budget_batches
 
     if mode in ("a_medicalgpt", "g_a_32x1024"):
         return random_batches(len(lengths), 32 if mode == "g_a_32x1024" else batch, rng)
@@ -147,7 +147,7 @@ def batches_for(mode: str, lengths, batch: int, max_length: int, rng: random.Ran
 def collate(mode: str, columns, batch_indices, pad_id: int, device: str):
     import torch
 
-    from medgpt.batching import drop_causal_padding_mask, pad_collate
+    from medgpt.training.batching import drop_causal_padding_mask, pad_collate
 
     if mode not in PACKED_MODES:
         examples = [{"input_ids": columns["input_ids"][i], "labels": columns["labels"][i]} for i in batch_indices]
@@ -169,7 +169,7 @@ def collate(mode: str, columns, batch_indices, pad_id: int, device: str):
     batch = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
     batch = {k: v.to(device) for k, v in batch.items()}
     if mode in VARLEN_MODES:
-        from medgpt.attention import cu_seqlens_from_positions
+        from medgpt.modeling.attention import cu_seqlens_from_positions
 
         cu, most = cu_seqlens_from_positions(torch.tensor(positions))
         batch.update(cu_seq_lens_q=cu.to(device), cu_seq_lens_k=cu.to(device), max_length_q=most, max_length_k=most)
@@ -202,7 +202,7 @@ def loss_function(mode: str, model):
     if mode == "c_no_skip":
         from unittest import mock
 
-        from medgpt import losses
+        from medgpt.training import losses
 
         def without_skip(inputs):
             with mock.patch.object(losses, "last_layer_position_wise", lambda inner: []):
@@ -210,7 +210,7 @@ def loss_function(mode: str, model):
 
         return without_skip, "labelled, no skip"
     if mode in OURS and mode not in FUSED_MODES:  # as medgpt's SFT trainer: labelled positions only
-        from medgpt.losses import labelled_positions_loss
+        from medgpt.training.losses import labelled_positions_loss
 
         return (lambda inputs: labelled_positions_loss(model, inputs)), "labelled positions"
     if mode not in FUSED_MODES:
@@ -227,7 +227,7 @@ def prepare_mode(mode: str, device: str, batch: int, max_length: int, cache: Pat
     """What one mode trains with: its seeded batch plan, a fresh model (same seed for every mode), AdamW, its loss."""
     import torch
 
-    from medgpt.batching import BatchPlan
+    from medgpt.training.batching import BatchPlan
 
     lengths = [len(x) for x in columns["input_ids"]]
     plan = list(BatchPlan(batches_for(mode, lengths, batch, max_length, random.Random(0)), seed=0))  # seeded order

@@ -50,7 +50,7 @@ def child(mode: str, corpus: str) -> None:
 
     logging.disable(logging.WARNING)
     from conftest import compose
-    from medgpt.models import load_tokenizer
+    from medgpt.modeling.load import load_tokenizer
 
     cfg = compose("stage=pt", "model=tiny", "data=pt_demo", f"data.train_files=[{corpus}]", "data.block_size=512",
                   "data.eval_split=0", "stage.args.max_steps=1", f"data.streaming={mode == 'streaming'}")

@@ -19,13 +19,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from medgpt.errors import UserError
+from medgpt.runs import run_folder, run_stamp, sweep_stamp
 
 
 @dataclass
 class ModelConfig:
     name: str = MISSING
     path: str = MISSING  # hub id, local folder, a run's final/, or "tiny" for the embedded model
-    template: str = "chatml"  # a Jinja file under medgpt/templates/
+    template: str = "chatml"  # a Jinja file under medgpt/modeling/templates/
     trust_remote_code: bool = False
     lora_target_modules: Any = "all-linear"  # "all-linear" or a list of module names
     max_length: int = 2048
@@ -46,7 +47,7 @@ class StageConfig:
     reward_model: Optional[str] = None  # ppo/grpo: path of a run's final/ from stage=rm
     reward_funcs: Any = None  # grpo/ppo: list of {_target_: ...} reward functions
     reference: str = "auto"  # dpo/kto: auto | copy | none (adapter-disabled reference with LoRA)
-    batching: str = "token_budget"  # sft/pt batches: token_budget | group_by_length | random (medgpt.batching)
+    batching: str = "token_budget"  # sft/pt batches: token_budget | group_by_length | random (medgpt.training.batching)
     tokens_per_batch: Optional[int] = None  # token_budget: padded tokens per batch (default batch size x max length)
     fused_lm_head: bool = False  # sft/pt: TRL's fused LM head (no full-vocabulary logits): for big batch x vocabulary
 
@@ -108,7 +109,7 @@ class LoggerConfig:
 
 @dataclass
 class GuardConfig:
-    enabled: bool = True  # stop (or skip) on a non-finite loss or gradient norm; see medgpt/guard.py
+    enabled: bool = True  # stop (or skip) on a non-finite loss or gradient norm; see medgpt/training/guard.py
     skip_nonfinite: bool = False  # skip such a step's update instead of stopping (counted in metrics.json)
     max_skipped: int = 10  # stop anyway once more steps than this were skipped
 
@@ -142,7 +143,7 @@ class RunConfig:
     seed: int = 42
     run_name: Optional[str] = None
     output_root: str = "outputs"
-    resume: Optional[str] = None  # auto | <run folder> | <run folder>/checkpoints/checkpoint-N (medgpt/checkpoints.py)
+    resume: Optional[str] = None  # auto | <run folder> | <run folder>/checkpoints/checkpoint-N (medgpt/training/checkpoints.py)
     allow_pickle: bool = False  # load pickle (.bin) weights/checkpoints; off: safetensors only
     guard: GuardConfig = field(default_factory=GuardConfig)
     eval_after_train: bool = False  # score eval.files with the trained model; keys land as eval/<metric>
@@ -151,9 +152,6 @@ class RunConfig:
 
 
 def register_configs() -> None:
-    from medgpt.checkpoints import run_folder
-    from medgpt.tracking import run_stamp, sweep_stamp
-
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     cached = ("run_stamp", "sweep_stamp", "run_folder")
     for name, fn in (("run_stamp", run_stamp), ("sweep_stamp", sweep_stamp), ("demo", demo_file),

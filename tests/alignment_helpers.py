@@ -19,11 +19,11 @@ def error_before_model_load(monkeypatch, tmp_path, *overrides) -> str:
     """Train with these overrides and return the UserError's message; fails the test if a model gets loaded."""
     import pytest
 
-    import medgpt.models
+    import medgpt.training.run
     from conftest import train_in_process
     from medgpt.errors import UserError
 
-    monkeypatch.setattr(medgpt.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(medgpt.training.run, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(UserError) as e:
         train_in_process(tmp_path, *overrides)
     return str(e.value)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from medgpt.cluster import free_port  # noqa: F401  (tests import it from here; servers listen on loopback)
+from medgpt.training.cluster import free_port  # noqa: F401  (tests import it from here; servers listen on loopback)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -34,8 +34,8 @@ def compose(*overrides: str, return_hydra_config: bool = False):
 
 
 def train_in_process(tmp_path: Path, *overrides: str):
-    """Run medgpt.run.train on a composed config; returns (run_dir, metrics)."""
-    from medgpt.run import train
+    """Run medgpt.training.run.train on a composed config; returns (run_dir, metrics)."""
+    from medgpt.training.run import train
 
     cfg = compose(f"output_root={tmp_path}", "logger=none", *overrides)
     run_dir = tmp_path / "run"
@@ -57,7 +57,7 @@ def read_jsonl(path: Path):
 
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
-    from medgpt.tiny import tiny_path
+    from medgpt.modeling.tiny import tiny_path
 
     return tiny_path()
 
@@ -79,6 +79,6 @@ def sft_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sft_loaded(sft_run):
     """(model, tokenizer, info) of the sft_run, loaded for generation."""
-    from medgpt.models import load_for_inference
+    from medgpt.modeling.load import load_for_inference
 
     return load_for_inference(str(sft_run[0]))

@@ -88,7 +88,7 @@ def test_empty_text(tmp_path):
 
 @pytest.mark.parametrize("policy, counted", [("truncate", "truncated"), ("drop", "dropped_overlong")])
 def test_overlong_samples_are_truncated_or_dropped_and_counted(policy, counted):
-    from medgpt.models import load_tokenizer
+    from medgpt.modeling.load import load_tokenizer
     from medgpt.stages import sft
 
     cfg = compose("data.max_length=64", f"data.overlong={policy}")
@@ -101,7 +101,7 @@ def test_overlong_samples_are_truncated_or_dropped_and_counted(policy, counted):
 
 def test_overlong_sample_with_policy_error():
     from medgpt.errors import UserError
-    from medgpt.models import load_tokenizer
+    from medgpt.modeling.load import load_tokenizer
     from medgpt.stages import sft
 
     cfg = compose("data.max_length=64", "data.overlong=error")
@@ -132,7 +132,7 @@ def test_flash_attention_without_cuda_suggests_cpu():
     import torch
 
     from medgpt.errors import UserError
-    from medgpt.models import load_model
+    from medgpt.modeling.load import load_model
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -148,7 +148,7 @@ def test_qlora_without_cuda_or_bitsandbytes(monkeypatch):
     import torch
 
     from medgpt.errors import UserError
-    from medgpt.models import load_model
+    from medgpt.modeling.load import load_model
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -161,7 +161,7 @@ def test_qlora_without_cuda_or_bitsandbytes(monkeypatch):
 @pytest.mark.parametrize("override", ["stage.args.per_device_train_batch_size=0",
                                       "stage.args.gradient_accumulation_steps=0"])
 def test_zero_global_batch_fails_and_leaves_no_successful_looking_run(override, tmp_path, capsys):
-    from medgpt.run import main
+    from medgpt.training.run import main
 
     cfg = compose(f"output_root={tmp_path}", "logger=none", override)
     with pytest.raises(SystemExit) as exit_info:
@@ -175,7 +175,7 @@ def test_zero_global_batch_fails_and_leaves_no_successful_looking_run(override, 
 
 def test_model_path_that_is_not_a_model(tmp_path):
     from medgpt.errors import UserError
-    from medgpt.models import load_tokenizer
+    from medgpt.modeling.load import load_tokenizer
 
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("not a model")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import SAMPLES
-from medgpt.batching import (BatchPlan, drop_causal_padding_mask, length_grouped_batches, pad_collate,
+from medgpt.training.batching import (BatchPlan, drop_causal_padding_mask, length_grouped_batches, pad_collate,
                              padding_fraction, plan_batches, random_batches, token_budget_batches)
 
 
@@ -85,8 +85,8 @@ def _sft_trainer(tmp_path, **args):
     from trl import SFTConfig
 
     from conftest import compose
-    from medgpt.models import load_model, load_tokenizer
-    from medgpt.run import prepare_datasets
+    from medgpt.modeling.load import load_model, load_tokenizer
+    from medgpt.training.run import prepare_datasets
     from medgpt.stages import sft
 
     cfg = compose("stage.args.max_steps=1", "stage.tokens_per_batch=512", "data.eval_split=0")
@@ -100,7 +100,7 @@ def _sft_trainer(tmp_path, **args):
 
 def test_sft_trainer_uses_the_batch_plan(tmp_path):
     trainer, train = _sft_trainer(tmp_path)
-    assert trainer.labelled_loss  # the default loss: labelled positions only (medgpt.losses)
+    assert trainer.labelled_loss  # the default loss: labelled positions only (medgpt.training.losses)
     assert isinstance(trainer.batch_plan, BatchPlan)
     sizes = [batch["input_ids"].shape for batch in trainer.get_train_dataloader()]
     assert sum(s[0] for s in sizes) == len(train)
@@ -116,7 +116,7 @@ def test_right_padding_mask_is_redundant_under_causal_attention(tiny_dir):
     """Dropping the mask of a right-padded batch changes no loss: pads only follow real tokens."""
     from transformers import AutoModelForCausalLM
 
-    from medgpt.batching import drop_causal_padding_mask
+    from medgpt.training.batching import drop_causal_padding_mask
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     batch = pad_collate([{"input_ids": list(range(5, 17)), "labels": [-100] * 4 + list(range(9, 17))},

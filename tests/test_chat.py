@@ -29,7 +29,7 @@ def test_loader_uses_the_runs_template_and_stops_on_end_of_turn(sft_run, sft_loa
     eos = model.generation_config.eos_token_id
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in (eos if isinstance(eos, list) else [eos])
     saved = json.loads((final / "generation_config.json").read_text())
-    from medgpt.generate import settings
+    from medgpt.modeling.generate import settings
 
     assert settings(model)["max_new_tokens"] == saved["max_new_tokens"]
     assert settings(model, max_new_tokens=5, temperature=0) == {"max_new_tokens": 5, "repetition_penalty": 1.0,
@@ -38,7 +38,7 @@ def test_loader_uses_the_runs_template_and_stops_on_end_of_turn(sft_run, sft_loa
 
 def test_loader_errors_are_clear(tmp_path, sft_run):
     from medgpt.errors import UserError
-    from medgpt.models import load_for_inference
+    from medgpt.modeling.load import load_for_inference
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no model"):
@@ -51,9 +51,9 @@ def test_loader_errors_are_clear(tmp_path, sft_run):
 
 def test_adapter_loads_on_its_base_and_a_wrong_base_is_refused(tmp_path):
     from medgpt.errors import UserError
-    from medgpt.generate import reply
-    from medgpt.models import load_for_inference
-    from medgpt.tiny import tiny_path
+    from medgpt.modeling.generate import reply
+    from medgpt.modeling.load import load_for_inference
+    from medgpt.modeling.tiny import tiny_path
 
     run_dir, _ = train_in_process(tmp_path, "hardware=lora", "stage.args.max_steps=2")
     model, tokenizer, info = load_for_inference(str(run_dir))
@@ -65,8 +65,8 @@ def test_adapter_loads_on_its_base_and_a_wrong_base_is_refused(tmp_path):
 
 
 def test_4bit_load_generates(sft_run):
-    from medgpt.generate import reply
-    from medgpt.models import load_for_inference
+    from medgpt.modeling.generate import reply
+    from medgpt.modeling.load import load_for_inference
 
     model, tokenizer, _ = load_for_inference(str(sft_run[0]), quantization="4bit")  # bitsandbytes CPU backend
     assert type(model.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
@@ -74,7 +74,7 @@ def test_4bit_load_generates(sft_run):
 
 
 def test_left_padded_batch_equals_one_by_one_and_streaming(sft_loaded):
-    from medgpt.generate import complete_batch, stream
+    from medgpt.modeling.generate import complete_batch, stream
 
     model, tokenizer, _ = sft_loaded
     batch = complete_batch(model, tokenizer, _conversations(), batch_size=3, **GREEDY)
@@ -87,7 +87,7 @@ def test_left_padded_batch_equals_one_by_one_and_streaming(sft_loaded):
 
 
 def test_generation_stops_on_a_stop_token(sft_loaded):
-    from medgpt.generate import complete_batch
+    from medgpt.modeling.generate import complete_batch
 
     model, tokenizer, _ = sft_loaded
     first = complete_batch(model, tokenizer, _conversations()[:1], temperature=0, max_new_tokens=3)[0]
@@ -106,8 +106,8 @@ def test_generation_stops_on_a_stop_token(sft_loaded):
 
 
 def test_one_shot_and_batch_in_process(tmp_path, sft_run, sft_loaded, capsys):
-    from medgpt.chat import main
-    from medgpt.generate import complete_batch
+    from medgpt.inference.chat import main
+    from medgpt.modeling.generate import complete_batch
 
     run = str(sft_run[0])
     flags = ["--temperature", "0", "--repetition-penalty", "3", "--max-new-tokens", "12"]
@@ -127,7 +127,7 @@ def test_one_shot_and_batch_in_process(tmp_path, sft_run, sft_loaded, capsys):
 
 
 def test_bad_input_is_reported_with_its_line_before_loading(tmp_path, capsys):
-    from medgpt.chat import main
+    from medgpt.inference.chat import main
 
     bad = tmp_path / "q.jsonl"
     bad.write_text('{"question": "ok"}\n{"answer": "no question here"}\n', encoding="utf-8")
@@ -137,7 +137,7 @@ def test_bad_input_is_reported_with_its_line_before_loading(tmp_path, capsys):
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_vllm_backend_says_it_is_missing(tmp_path, sft_run, capsys):
-    from medgpt.chat import main
+    from medgpt.inference.chat import main
 
     questions = tmp_path / "q.txt"
     questions.write_text("头痛\n", encoding="utf-8")
@@ -150,7 +150,7 @@ def test_interactive_chat(sft_run, sft_loaded, monkeypatch, capsys):
     """Typed turns on stdin: replies stream after 'assistant> ', /clear forgets, /exit quits before later lines."""
     import io
 
-    from medgpt.chat import main
+    from medgpt.inference.chat import main
 
     monkeypatch.setattr("sys.stdin", io.StringIO("头痛\n/clear\nhello\n/exit\nnever read\n"))
     assert main([str(sft_run[0]), "--system", "你是医生", "--max-new-tokens", "8", "--temperature", "0",
@@ -158,7 +158,7 @@ def test_interactive_chat(sft_run, sft_loaded, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.count("assistant> ") == 2 and "(history cleared)" in out
     replies = [line.split("assistant> ", 1)[1].strip() for line in out.splitlines() if "assistant> " in line]
-    from medgpt.generate import reply
+    from medgpt.modeling.generate import reply
 
     after_clear = reply(*sft_loaded[:2], [{"role": "system", "content": "你是医生"},
                                          {"role": "user", "content": "hello"}], **{**GREEDY, "max_new_tokens": 8})
@@ -168,14 +168,14 @@ def test_interactive_chat(sft_run, sft_loaded, monkeypatch, capsys):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 def test_torchrun_two_processes_merge_in_order(tmp_path, sft_run, sft_loaded):
-    from medgpt.generate import complete_batch
+    from medgpt.modeling.generate import complete_batch
 
     questions = tmp_path / "q.txt"
     many = [f"{q} ({i})" for i, q in enumerate(QUESTIONS * 2)]  # 6 lines: rank 0 gets 0,2,4; rank 1 gets 1,3,5
     questions.write_text("\n".join(many) + "\n", encoding="utf-8")
     out = tmp_path / "a.jsonl"
     proc = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                           "-m", "medgpt.chat", str(sft_run[0]), "--input", str(questions), "--output", str(out),
+                           "-m", "medgpt", "chat", str(sft_run[0]), "--input", str(questions), "--output", str(out),
                            "--temperature", "0", "--repetition-penalty", "3", "--max-new-tokens", "12"],
                           capture_output=True, text=True, timeout=400, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

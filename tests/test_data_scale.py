@@ -1,5 +1,5 @@
 """Data at scale: the dataset zoo configs, data.mix, data.streaming, the tokenization cache and
-`python -m medgpt.data inspect`. All on local data (the hub is replaced by local stand-ins)."""
+`medgpt data inspect`. All on local data (the hub is replaced by local stand-ins)."""
 from __future__ import annotations
 
 import json
@@ -208,8 +208,8 @@ def test_mix_concatenates_without_weights_and_takes_data_configs(tmp_path):
 
 
 def test_mixed_data_report_counts_each_source(tiny_tokenizer, caplog, cache_dir):
-    """The report medgpt.run writes into metrics.json carries the realised count of each source."""
-    from medgpt.run import prepare_datasets
+    """The report medgpt.training.run writes into metrics.json carries the realised count of each source."""
+    from medgpt.training.run import prepare_datasets
     from medgpt.stages import sft
 
     cfg = compose("data=medical_sft_mix", "data.max_samples=40", "data.eval_split=0", "model.max_length=256")
@@ -239,9 +239,9 @@ def test_streaming_pt_trains_and_packs_like_the_in_memory_path(tmp_path, tiny_to
 
 
 def test_streaming_without_max_steps_or_with_bad_data_fails_before_the_model(tmp_path, monkeypatch):
-    import medgpt.models
+    import medgpt.training.run
 
-    monkeypatch.setattr(medgpt.models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(medgpt.training.run, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(UserError, match="needs stage.args.max_steps"):
         train_in_process(tmp_path, "stage=pt", "data=pt_demo", "data.streaming=true")
     with pytest.raises(UserError, match="does not accept"):  # chats streamed into pt: caught on the first record
@@ -302,7 +302,7 @@ def test_cache_reuses_and_invalidates(cache_dir, tiny_tokenizer):
     changed[5]["messages"][-1]["content"] += " (edited)"
     assert cached_prepare(sft, changed, tiny_tokenizer, cfg)[1]["data_cache"] == "miss"
 
-    from medgpt.templates import load_template
+    from medgpt.modeling.templates import load_template
 
     other_template = copy.copy(tiny_tokenizer)
     other_template.chat_template = load_template("chatml")
@@ -357,7 +357,7 @@ def test_num_proc_workers_give_the_same_tokens(tiny_tokenizer):
 # ---------------------------------------------------------------- inspect
 
 def test_inspect_reports_lengths_loss_share_and_marked_examples(capsys):
-    from medgpt.data.inspect import LOSS_CLOSE, LOSS_OPEN, main
+    from medgpt.tools.inspect import LOSS_CLOSE, LOSS_OPEN, main
 
     stats = main(["inspect", "data=medical_sft", "model=tiny", "data.max_samples=60", "data.eval_split=0"])
     out = capsys.readouterr().out
@@ -373,7 +373,7 @@ def test_inspect_reports_lengths_loss_share_and_marked_examples(capsys):
 
 def test_inspect_marks_only_the_chosen_answer_of_a_multi_turn_preference(tmp_path):
     """DPO trains on the completion: the assistant turns inside the prompt carry no loss, and inspect says so."""
-    from medgpt.data.inspect import LOSS_CLOSE, LOSS_OPEN, compose as inspect_compose, inspect_data
+    from medgpt.tools.inspect import LOSS_CLOSE, LOSS_OPEN, compose as inspect_compose, inspect_data
 
     pair = {"prompt": "\n\nHuman: fever?\n\nAssistant: Rest.\n\nHuman: and a child?\n\nAssistant:",
             "chosen": " Ask a doctor.", "rejected": " Aspirin."}
@@ -386,11 +386,11 @@ def test_inspect_marks_only_the_chosen_answer_of_a_multi_turn_preference(tmp_pat
 
 
 def test_inspect_picks_the_data_stage_and_runs_as_a_module():
-    from medgpt.data.inspect import LOSS_OPEN, compose as inspect_compose, inspect_data
+    from medgpt.tools.inspect import LOSS_OPEN, compose as inspect_compose, inspect_data
 
     stats = inspect_data(inspect_compose(["data=medical_pt"]))
     assert stats["stage"] == "pt" and stats["loss_token_share"] == 1.0 and stats["pt_blocks"] > 0
 
-    done = run_cli("inspect", "data=medical_sft", "model=tiny", "data.max_samples=20", module="medgpt.data")
+    done = run_cli("data", "inspect", "data=medical_sft", "model=tiny", "data.max_samples=20", module="medgpt")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loss share" in done.stdout and LOSS_OPEN in done.stdout

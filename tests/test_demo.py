@@ -35,8 +35,8 @@ def test_demo_chat_in_a_real_browser(sft_loaded):
     from gradio_client import Client
     from playwright.sync_api import sync_playwright
 
-    from medgpt.demo import build_demo
-    from medgpt.generate import reply
+    from medgpt.inference.demo import build_demo
+    from medgpt.modeling.generate import reply
 
     model, tokenizer, _ = sft_loaded
     demo = build_demo(model, tokenizer, system="你是医生", defaults=SETTINGS)

@@ -267,8 +267,7 @@ def test_lm_eval_local_task_on_our_model(tmp_path, lora_run):
 
 
 def test_compare_command_uses_the_sweep_table(untrained_eval, finetuned_run):
-    pytest.importorskip("medgpt.leaderboard")
-    from medgpt.evaluation.__main__ import main
+    from medgpt.cli import main
 
     (before_dir, before), (after_dir, after) = untrained_eval, finetuned_run
     import contextlib
@@ -276,7 +275,7 @@ def test_compare_command_uses_the_sweep_table(untrained_eval, finetuned_run):
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        main(["compare", str(before_dir), str(after_dir), "--sort=-mcq_accuracy", "--format", "csv"])
+        main(["eval", "compare", str(before_dir), str(after_dir), "--sort=-mcq_accuracy", "--format", "csv"])
     table = list(csv.DictReader(io.StringIO(out.getvalue())))
     # best first; the eval_after_train run's eval/mcq_accuracy lands in the same column as stage=eval's
     assert [float(r["mcq_accuracy"]) for r in table] == [after["eval/mcq_accuracy"], before["mcq_accuracy"]]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from medgpt.attention import cu_seqlens_from_positions
+from medgpt.modeling.attention import cu_seqlens_from_positions
 
 
 def test_cu_seqlens_from_packed_positions():
@@ -30,7 +30,7 @@ def test_cfg_job_never_imports_torch_or_trl():
 def test_varlen_attention_matches_sdpa_on_packed_rows(tiny_dir):
     from transformers import AutoModelForCausalLM
 
-    from medgpt.attention import NAME, register
+    from medgpt.modeling.attention import NAME, register
 
     register()
     ids = torch.randint(5, 1000, (1, 24), device="cuda")

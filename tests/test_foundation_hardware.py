@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import compose
-from medgpt import hardware
+from medgpt.modeling import hardware
 from medgpt.errors import UserError
 
 CPU = {"cuda": False, "bf16": False}

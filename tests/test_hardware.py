@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import CONF, compose, train_in_process
-from medgpt import hardware
+from medgpt.modeling import hardware
 from medgpt.errors import UserError
 
 HARDWARE = sorted(p.stem for p in (CONF / "hardware").glob("*.yaml"))
@@ -149,6 +149,9 @@ def extended_tiny(tmp_path_factory, tiny_dir):
 
 
 def _logits(model, ids):
+    for module in model.modules():  # bitsandbytes' 4-bit layers: the fp32 path training took, not the bf16 one
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # it switches to for inference on AVX512-BF16 CPUs
+            module.support_avx512bf16_for_cpu = False
     with torch.no_grad():
         return model(input_ids=ids).logits.float()
 
@@ -159,8 +162,8 @@ def test_merge_matches_adapter_logits(tmp_path, extended_tiny, hw):
     different order); QLoRA compares against the 4-bit base + adapter the run trained."""
     from transformers import AutoModelForCausalLM
 
-    from medgpt.merge import merge
-    from medgpt.models import load_for_inference
+    from medgpt.tools.merge import merge
+    from medgpt.modeling.load import load_for_inference
 
     path, vocab = extended_tiny
     run_dir, _ = train_in_process(tmp_path, f"hardware={hw}", f"model.path={path}", *STEPS,
@@ -186,7 +189,7 @@ def test_merge_matches_adapter_logits(tmp_path, extended_tiny, hw):
 
 
 def test_merge_refuses_full_weights(sft_run, tmp_path):
-    from medgpt.merge import merge
+    from medgpt.tools.merge import merge
 
     with pytest.raises(UserError, match="not a LoRA adapter"):
         merge(str(sft_run[0]), str(tmp_path / "m"))

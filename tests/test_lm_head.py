@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import train_in_process
-from medgpt.losses import labelled_positions_loss
+from medgpt.training.losses import labelled_positions_loss
 
 
 def _loss_and_grads(model, loss_of):
@@ -55,7 +55,7 @@ def test_labelled_positions_loss_equals_the_models_loss_and_gradients(tiny_dir, 
 def test_mixture_of_experts_and_kwarg_calls_run_every_position():
     import torch.nn as nn
 
-    from medgpt.losses import last_layer_position_wise, only_at
+    from medgpt.training.losses import last_layer_position_wise, only_at
 
     layer = nn.Module()
     layer.self_attn, layer.mlp = nn.Module(), nn.Module()

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 from conftest import compose
 from medgpt.errors import UserError
-from medgpt.longcontext import rope_settings, shifted_sparse_attention
-from medgpt.models import load_model, load_tokenizer
+from medgpt.modeling.longcontext import rope_settings, shifted_sparse_attention
+from medgpt.modeling.load import load_model, load_tokenizer
 
 BASE = {"rope_theta": 10000.0, "rope_type": "default"}
 
@@ -103,7 +103,7 @@ def test_s2attn_is_off_at_inference(s2_models, tmp_path):
 def test_s2attn_refuses_other_architectures(tmp_path):
     from transformers import GPT2Config
 
-    from medgpt.longcontext import load_kwargs
+    from medgpt.modeling.longcontext import load_kwargs
 
     GPT2Config(n_layer=1).save_pretrained(tmp_path)
     model_cfg = OmegaConf.create({"rope_scaling": None, "attn_implementation": "s2attn", "trust_remote_code": False})

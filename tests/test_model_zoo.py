@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from conftest import CONF, compose
-from medgpt.templates import END_OF_TURN, available
+from medgpt.modeling.templates import END_OF_TURN, available
 
 MODEL_FILES = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 FAMILY_FILES = sorted(p.stem for p in (CONF / "model" / "family").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""medgpt.pipeline: chained stages, each from the previous policy's final/, one summary at the end."""
+"""medgpt.tools.pipeline: chained stages, each from the previous policy's final/, one summary at the end."""
 import json
 
 import pytest
@@ -11,7 +11,7 @@ RLOO_SMALL = ["ppo:stage.args.max_completion_length=8", "ppo:stage.args.num_gene
 
 
 def test_split_overrides():
-    from medgpt.pipeline import split_overrides
+    from medgpt.tools.pipeline import split_overrides
 
     out = split_overrides(["sft", "dpo"], ["logger=none", "dpo:stage.args.beta=0.2", "sft:data=medical_sft"])
     assert out == {"sft": ["logger=none", "data=medical_sft"], "dpo": ["logger=none", "stage.args.beta=0.2"]}
@@ -20,14 +20,14 @@ def test_split_overrides():
 
 
 def test_unknown_stage_fails_before_training(tmp_path):
-    from medgpt.pipeline import run_pipeline
+    from medgpt.tools.pipeline import run_pipeline
 
     with pytest.raises(UserError, match="unknown stage 'sfx'"):
         run_pipeline(["sft", "sfx"], [f"output_root={tmp_path}"])
 
 
 def test_pt_sft_dpo_chain(tmp_path, capsys):
-    from medgpt.pipeline import run_pipeline
+    from medgpt.tools.pipeline import run_pipeline
 
     results = run_pipeline(["pt", "sft", "dpo"], [f"output_root={tmp_path}", "logger=none", *STEPS],
                            root=tmp_path / "chain")
@@ -42,7 +42,7 @@ def test_pt_sft_dpo_chain(tmp_path, capsys):
 
 
 def test_sft_rm_ppo_chain_with_lora_adapters(tmp_path, capsys):
-    from medgpt.pipeline import run_pipeline
+    from medgpt.tools.pipeline import run_pipeline
 
     results = run_pipeline(["sft", "rm", "ppo"], [f"output_root={tmp_path}", "logger=none", "hardware=lora",
                                                   "rm:data.eval_split=0", *STEPS, *RLOO_SMALL],

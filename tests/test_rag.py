@@ -15,14 +15,14 @@ QUESTIONS = Path(__file__).parent / "data" / "rag_questions.jsonl"
 
 @pytest.fixture(scope="module")
 def corpus_index():
-    from medgpt.rag import build_index, load_chunks
+    from medgpt.inference.rag import build_index, load_chunks
 
     chunks = load_chunks([str(CORPUS)])
     return build_index(chunks), chunks
 
 
 def test_hit_at_3_on_hand_written_questions(corpus_index):
-    from medgpt.rag import retrieve
+    from medgpt.inference.rag import retrieve
 
     index, chunks = corpus_index
     questions = read_jsonl(QUESTIONS)
@@ -37,13 +37,13 @@ def test_hit_at_3_on_hand_written_questions(corpus_index):
 
 
 def test_chinese_is_indexed_as_character_bigrams():
-    from medgpt.rag import tokens
+    from medgpt.inference.rag import tokens
 
     assert tokens("甲沟炎 Diabetes-2型") == ["甲沟", "沟炎", "diabetes", "2", "型"]
 
 
 def test_chunks_overlap_and_cover_the_text():
-    from medgpt.rag import split_text
+    from medgpt.inference.rag import split_text
 
     text = "".join(f"第{i}句话讲一个医学事实。" for i in range(60))
     chunks = split_text(text, size=100, overlap=30)
@@ -61,7 +61,7 @@ def test_reads_a_folder_of_txt_md_pdf_jsonl(tmp_path):
     import matplotlib.pyplot as plt
 
     from medgpt.errors import DataError
-    from medgpt.rag import build_index, load_chunks, retrieve
+    from medgpt.inference.rag import build_index, load_chunks, retrieve
 
     (tmp_path / "notes.md").write_text("# Asthma\nInhaled corticosteroids control asthma.\n", encoding="utf-8")
     (tmp_path / "plain.txt").write_text("Aspirin thins the blood.\n", encoding="utf-8")
@@ -82,7 +82,7 @@ def test_reads_a_folder_of_txt_md_pdf_jsonl(tmp_path):
 
 
 def test_prompt_numbers_sources_and_answer_lists_those_cited(corpus_index):
-    from medgpt.rag import cited, rag_messages, retrieve
+    from medgpt.inference.rag import cited, rag_messages, retrieve
 
     index, chunks = corpus_index
     hits = retrieve(index, chunks, "膺窗穴在哪里？", 3)
@@ -94,7 +94,7 @@ def test_prompt_numbers_sources_and_answer_lists_those_cited(corpus_index):
 
 
 def test_rag_cli_answers_with_sources(sft_run, capsys):
-    from medgpt.rag import main
+    from medgpt.inference.rag import main
 
     assert main([str(sft_run[0]), "--docs", str(CORPUS), "--question", "膺窗这个穴位在身体的哪个位置？",
                  "--max-new-tokens", "8", "--temperature", "0", "--repetition-penalty", "3"]) == 0

@@ -123,7 +123,7 @@ def test_run_folder_records_versions_and_git_state(reference_run):
 
 
 def test_checkpoints_are_marked_complete_and_rotated(reference_run):
-    from medgpt.checkpoints import MARKER, problem
+    from medgpt.runs import MARKER, problem
 
     checkpoints = reference_run[0] / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == ["checkpoint-6", "checkpoint-8"]
@@ -147,13 +147,13 @@ def test_best_checkpoint_survives_rotation_and_names_its_real_folder(tmp_path):
 
 
 def test_resume_skips_a_truncated_checkpoint_and_says_so(reference_run, tmp_path, caplog):
-    from medgpt.checkpoints import resume_checkpoint
+    from medgpt.training.checkpoints import resume_checkpoint
     from medgpt.errors import UserError
 
     run = _copy(reference_run[0], tmp_path)
     weights = run / "checkpoints" / "checkpoint-8" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with caplog.at_level(logging.WARNING, logger="medgpt.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="medgpt.training.checkpoints"):
         assert resume_checkpoint("auto", run) == str(run / "checkpoints" / "checkpoint-6")
     assert "skipping" in caplog.text and "checkpoint-8" in caplog.text and "model.safetensors is corrupt" in caplog.text
     with pytest.raises(UserError, match="corrupt.*newest complete one is .*checkpoint-6"):
@@ -165,7 +165,8 @@ def test_resume_skips_a_truncated_checkpoint_and_says_so(reference_run, tmp_path
 
 
 def test_rotation_never_deletes_the_last_complete_checkpoint(tmp_path):
-    from medgpt.checkpoints import MARKER, TMP_PREFIX, rotate
+    from medgpt.training.checkpoints import rotate
+    from medgpt.runs import MARKER, TMP_PREFIX
 
     for step, complete in ((2, True), (4, True), (6, False)):
         folder = tmp_path / f"checkpoint-{step}"
@@ -178,7 +179,7 @@ def test_rotation_never_deletes_the_last_complete_checkpoint(tmp_path):
 
 
 def test_resume_auto_picks_the_newest_unfinished_run_of_the_group(tmp_path):
-    from medgpt.checkpoints import MARKER, run_folder
+    from medgpt.runs import MARKER, run_folder
 
     for name, status, checkpoint in (("2026-01-01_a", None, True), ("2026-01-02_b", "completed", True),
                                      ("2026-01-03_c", "failed", False)):
@@ -202,7 +203,7 @@ def test_lora_run_resumes_exactly_in_process(tmp_path, caplog):
     crashed = Path(shutil.copytree(uninterrupted, tmp_path / "b" / "run"))
     for leftover in ("final", "metrics.json", "history.json", "checkpoints/checkpoint-4"):
         shutil.rmtree(crashed / leftover) if (crashed / leftover).is_dir() else (crashed / leftover).unlink()
-    with caplog.at_level(logging.WARNING, logger="medgpt.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="medgpt.training.checkpoints"):
         resumed, metrics = train_in_process(tmp_path / "b", *lora, "resume=auto")
     assert f"resuming from {crashed / 'checkpoints' / 'checkpoint-2'}" in caplog.text
     assert resumed == crashed and metrics["global_step"] == 4
@@ -212,7 +213,7 @@ def test_lora_run_resumes_exactly_in_process(tmp_path, caplog):
 
 
 def test_resume_warns_about_changed_overrides(reference_run):
-    from medgpt.checkpoints import config_changes
+    from medgpt.training.checkpoints import config_changes
     from medgpt.config import to_container
 
     saved = reference_run[0] / "config.yaml"
@@ -238,7 +239,7 @@ def _poison_step(monkeypatch, step: int):
 
 
 def test_nonfinite_loss_stops_the_run_naming_step_and_checkpoint(monkeypatch, tmp_path, capsys):
-    from medgpt.run import main
+    from medgpt.training.run import main
 
     _poison_step(monkeypatch, 3)
     # HF's logging_nan_inf_filter stays at its default (on): the guard must see through it
@@ -280,7 +281,7 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_dir, tmp_path):
     from safetensors.torch import load_file
 
     from medgpt.errors import UserError
-    from medgpt.models import load_model
+    from medgpt.modeling.load import load_model
 
     folder = Path(shutil.copytree(tiny_dir, tmp_path / "pickled"))
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")

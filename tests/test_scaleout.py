@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, compose, free_port, run_cli, train_in_process
-from medgpt import estimate
+from medgpt.modeling import estimate
 from medgpt.errors import UserError
 
 TOLERANCE = 0.30  # the issue's bound on |ours - table| / table
@@ -63,7 +63,7 @@ def test_warns_before_training_when_the_estimate_exceeds_the_gpu(monkeypatch, ca
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 24e9}))
     args = type("A", (), {"per_device_train_batch_size": 1, "bf16": True, "fp16": False})
-    with caplog.at_level(logging.WARNING, logger="medgpt.estimate"):
+    with caplog.at_level(logging.WARNING, logger="medgpt.modeling.estimate"):
         big = estimate.warn_if_too_large(compose("model.name=llama-13b", "hardware=full"), args)
         small = estimate.warn_if_too_large(compose("model.name=llama-7b", "hardware=qlora4"), args)
     assert big.total > 24e9 > small.total
@@ -71,7 +71,7 @@ def test_warns_before_training_when_the_estimate_exceeds_the_gpu(monkeypatch, ca
 
 
 def test_ranks_of_one_launch_share_the_run_stamp(monkeypatch):
-    from medgpt.tracking import run_stamp
+    from medgpt.runs import run_stamp
 
     for key in ("MEDGPT_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
         monkeypatch.delenv(key, raising=False)
@@ -89,7 +89,7 @@ def test_ranks_of_one_launch_share_the_run_stamp(monkeypatch):
 
 
 def test_slurm_launcher_writes_a_correct_submission():
-    from medgpt.cluster import compose_launcher, sbatch_text
+    from medgpt.training.cluster import compose_launcher, sbatch_text
 
     launcher = compose_launcher(["hydra/launcher=slurm", "hydra.launcher.nodes=2", "hydra.launcher.gpus_per_node=4",
                                  "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
@@ -103,7 +103,7 @@ def test_slurm_launcher_writes_a_correct_submission():
 
 
 def test_submitit_ranks_are_exported_only_in_multi_task_jobs(monkeypatch):
-    from medgpt.cluster import export_submitit_ranks
+    from medgpt.training.cluster import export_submitit_ranks
 
     monkeypatch.setattr(os, "environ", os.environ.copy())  # export writes variables that did not exist: undo them all
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
@@ -222,7 +222,7 @@ GPU_STEPS = ("stage.args.max_steps=3", "stage.args.logging_steps=1", "data.eval_
 def test_gpu_deepspeed_trains_and_final_loads_without_it(tmp_path, overrides):
     import torch
 
-    from medgpt.models import load_for_inference
+    from medgpt.modeling.load import load_for_inference
 
     run_dir = torchrun(tmp_path, *overrides, *GPU_STEPS, nproc=1)
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -31,7 +31,7 @@ def _start(app):
 
 @pytest.fixture(scope="module")
 def server(sft_loaded):
-    from medgpt.serve import create_app
+    from medgpt.inference.serve import create_app
 
     model, tokenizer, _ = sft_loaded
     server, thread, url = _start(create_app(model, tokenizer, "medgpt-test", api_key=KEY, max_concurrency=1,
@@ -58,7 +58,7 @@ def test_models_health_and_key(server):
 
 
 def test_chat_completion_streaming_and_not_agree(server, sft_loaded):
-    from medgpt.generate import complete_batch
+    from medgpt.modeling.generate import complete_batch
 
     messages = [{"role": "system", "content": "你是医生"}, {"role": "user", "content": "头痛发热怎么办？"}]
     client = _client(server)

@@ -19,7 +19,7 @@ def last_logged(run_dir, key):
 
 
 def test_dpo_trains_on_medicalgpt_pairs_final_reloads(tmp_path, caplog):
-    from medgpt.models import load_for_inference
+    from medgpt.modeling.load import load_for_inference
 
     with caplog.at_level(logging.INFO, logger="medgpt"):
         run_dir, metrics = train_in_process(tmp_path, "stage=dpo", *MEDICAL_PAIRS)
@@ -48,7 +48,7 @@ def test_dpo_with_lora_uses_the_adapter_disabled_policy_as_reference(tmp_path, c
 
 @pytest.mark.parametrize("stage", ["ipo", "simpo", "orpo"])
 def test_variants_train_on_medicalgpt_pairs(tmp_path, stage):
-    from medgpt.models import load_for_inference
+    from medgpt.modeling.load import load_for_inference
 
     run_dir, metrics = train_in_process(tmp_path, f"stage={stage}", *MEDICAL_PAIRS)
     assert metrics["status"] == "completed" and metrics["global_step"] == 2

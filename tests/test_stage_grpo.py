@@ -10,7 +10,7 @@ def chat(text):
 
 
 def test_answer_accuracy_numeric_and_short_answers():
-    from medgpt.rewards import answer_accuracy
+    from medgpt.training.rewards import answer_accuracy
 
     completions = ["<think>2+2</think><answer>4</answer>", "<think>hm</think><answer>4.0</answer>", "It is 5.",
                    chat("You should see a Cardiologist."), chat("a dermatologist"), "anything"]
@@ -21,7 +21,7 @@ def test_answer_accuracy_numeric_and_short_answers():
 
 
 def test_think_answer_format():
-    from medgpt.rewards import think_answer_format
+    from medgpt.training.rewards import think_answer_format
 
     completions = ["<think>why</think>\n<answer>so</answer>", "<answer>so</answer>", "<think>why</think>",
                    "x <think>a</think><answer>b</answer>", chat("<think>a</think> <answer>b</answer>\n")]
@@ -29,7 +29,7 @@ def test_think_answer_format():
 
 
 def test_length_penalty():
-    from medgpt.rewards import length_penalty
+    from medgpt.training.rewards import length_penalty
 
     assert length_penalty(["a" * 10, "a" * 15, "a" * 100], max_chars=10) == [0.0, -0.5, -1.0]
 
@@ -37,11 +37,11 @@ def test_length_penalty():
 def test_reward_funcs_from_config_are_named_callables():
     from omegaconf import OmegaConf
 
-    from medgpt.rewards import instantiate_reward_funcs
+    from medgpt.training.rewards import instantiate_reward_funcs
     from trl.trainer.utils import get_callable_name
 
-    nodes = OmegaConf.create([{"_target_": "medgpt.rewards.answer_accuracy"},
-                              {"_target_": "medgpt.rewards.length_penalty", "max_chars": 3}])
+    nodes = OmegaConf.create([{"_target_": "medgpt.training.rewards.answer_accuracy"},
+                              {"_target_": "medgpt.training.rewards.length_penalty", "max_chars": 3}])
     accuracy, penalty = instantiate_reward_funcs(nodes)
     assert [get_callable_name(f) for f in (accuracy, penalty)] == ["answer_accuracy", "length_penalty"]
     assert penalty(["abcdef"]) == [-1.0]
@@ -49,7 +49,7 @@ def test_reward_funcs_from_config_are_named_callables():
 
 def test_reward_model_reward_rejects_a_policy_run(sft_run):
     from medgpt.errors import UserError
-    from medgpt.rewards import check_reward_model
+    from medgpt.training.rewards import check_reward_model
 
     with pytest.raises(UserError, match="not a reward model"):
         check_reward_model(str(sft_run[0]))
@@ -58,7 +58,7 @@ def test_reward_model_reward_rejects_a_policy_run(sft_run):
 def test_grpo_trains_on_medicalgpt_prompts_and_logs_each_reward(tmp_path):
     import json
 
-    from medgpt.models import load_for_inference
+    from medgpt.modeling.load import load_for_inference
 
     run_dir, metrics = train_in_process(
         tmp_path, "stage=grpo", f"data.train_files=[{SAMPLES / 'grpo_sample.jsonl'}]", "data.max_samples=8",
@@ -74,7 +74,7 @@ def test_grpo_trains_on_medicalgpt_prompts_and_logs_each_reward(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("stage.reward_funcs=[]", "stage=grpo needs reward functions"),
     ("stage.args.num_generations=3", "must divide"),
-    ("stage.reward_funcs=[{_target_: medgpt.rewards.no_such}]", "cannot import 'medgpt.rewards.no_such'"),
+    ("stage.reward_funcs=[{_target_: medgpt.training.rewards.no_such}]", "cannot import 'medgpt.training.rewards.no_such'"),
 ])
 def test_grpo_config_errors_before_model_load(tmp_path, monkeypatch, override, message):
     assert message in error_before_model_load(monkeypatch, tmp_path, "stage=grpo", override)

@@ -16,7 +16,7 @@ def test_pairs_split_into_desirable_and_undesirable():
 
 
 def test_kto_trains_on_medicalgpt_pairs_final_reloads(tmp_path):
-    from medgpt.models import load_for_inference
+    from medgpt.modeling.load import load_for_inference
 
     run_dir, metrics = train_in_process(
         tmp_path, "stage=kto", f"data.train_files=[{SAMPLES / 'dpo_zh_500.jsonl'}]", "data.max_samples=8",

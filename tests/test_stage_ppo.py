@@ -27,7 +27,7 @@ def test_ppo_with_no_reward_at_all_or_answerless_prompts_fails_before_model_load
 def test_ppo_with_lora_reward_model_trains_and_reloads(tmp_path):
     import json
 
-    from medgpt.models import load_for_inference
+    from medgpt.modeling.load import load_for_inference
 
     rm_dir, _ = train_in_process(tmp_path / "rm", "stage=rm", "hardware=lora", "stage.args.max_steps=1",
                                  "data.eval_split=0")
@@ -43,9 +43,9 @@ def test_ppo_with_lora_reward_model_trains_and_reloads(tmp_path):
     # the same reward model as a GRPO reward function, from a config node
     from omegaconf import OmegaConf
 
-    from medgpt.rewards import instantiate_reward_funcs
+    from medgpt.training.rewards import instantiate_reward_funcs
 
-    (score,) = instantiate_reward_funcs(OmegaConf.create([{"_target_": "medgpt.rewards.reward_model",
+    (score,) = instantiate_reward_funcs(OmegaConf.create([{"_target_": "medgpt.training.rewards.reward_model",
                                                            "path": str(rm_dir)}]))
     prompt = [{"role": "user", "content": "How is gout treated?"}]
     values = score(prompts=[prompt, prompt], completions=["See a doctor.", [{"role": "assistant", "content": "no"}]])

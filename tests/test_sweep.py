@@ -196,7 +196,7 @@ def test_sweep_folder_follows_medgpt_run_id(monkeypatch):
 
 
 def test_progress_bar_only_for_long_loops():
-    from medgpt.tracking import progress
+    from medgpt.data.tokenize import progress
 
     long_bar, short_bar = progress(list(range(5000)), "tokenize chats"), progress(list(range(10)), "tokenize chats")
     assert long_bar.disable is False and short_bar.disable is True

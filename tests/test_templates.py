@@ -10,7 +10,7 @@ import copy
 import jinja2
 import pytest
 
-from medgpt.templates import END_OF_TURN, EXTRA_STOPS, TOOL_TEMPLATES, available, load_template
+from medgpt.modeling.templates import END_OF_TURN, EXTRA_STOPS, TOOL_TEMPLATES, available, load_template
 
 S = "You are a careful medical assistant."
 Q1, A1 = "What is a fever?", "A body temperature above 38 °C."
@@ -192,8 +192,8 @@ def test_generation_stops_on_every_end_of_turn_token(family_tokenizer, name):
 
     from transformers import GenerationConfig
 
-    from medgpt.models import set_generation_defaults
-    from medgpt.templates import stop_tokens
+    from medgpt.modeling.load import set_generation_defaults
+    from medgpt.modeling.templates import stop_tokens
 
     model = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=family_tokenizer.pad_token_id))
     set_generation_defaults(model, family_tokenizer, name)

@@ -1,7 +1,7 @@
 """The embedded default model is built offline and deterministically."""
 import hashlib
 
-from medgpt.tiny import build_tiny, corpus
+from medgpt.modeling.tiny import build_tiny, corpus
 
 
 def _digest(folder):

@@ -5,7 +5,7 @@ import statistics
 import pytest
 
 from conftest import SAMPLES, run_cli, train_in_process
-from medgpt.models import load_for_inference
+from medgpt.modeling.load import load_for_inference
 
 
 def _generate(path, prompt="What are the symptoms of influenza?"):
@@ -49,7 +49,7 @@ def test_user_error_prints_one_line_and_exits_nonzero(tmp_path):
 
 
 def test_run_stamps_differ_so_runs_never_share_a_folder():
-    from medgpt.tracking import run_stamp
+    from medgpt.runs import run_stamp
 
     import time
 

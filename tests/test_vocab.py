@@ -12,7 +12,7 @@ CORPUS = SAMPLES / "medical_corpus.txt"
 
 @pytest.fixture(scope="module")
 def extended(tmp_path_factory, tiny_dir):
-    from medgpt.vocab import extend
+    from medgpt.modeling.vocab import extend
 
     out = tmp_path_factory.mktemp("medvocab")
     report = extend(str(CORPUS), "tiny", str(out), vocab_size=2000)
@@ -20,7 +20,7 @@ def extended(tmp_path_factory, tiny_dir):
 
 
 def test_corpus_reads_question_answer_json_lines():
-    from medgpt.vocab import corpus_texts
+    from medgpt.modeling.vocab import corpus_texts
 
     texts = corpus_texts(str(CORPUS))
     first = json.loads(CORPUS.read_text(encoding="utf-8").splitlines()[0])
@@ -43,7 +43,7 @@ def test_new_tokens_appended_without_touching_base_ids(extended, tiny_tokenizer)
 def test_medical_text_takes_fewer_tokens_and_round_trips(extended, tiny_tokenizer):
     from transformers import AutoTokenizer
 
-    from medgpt.vocab import corpus_texts, tokens_per_text
+    from medgpt.modeling.vocab import corpus_texts, tokens_per_text
 
     out, report = extended
     tok = AutoTokenizer.from_pretrained(out)
@@ -88,7 +88,7 @@ def test_pt_with_lora_trains_embeddings_and_merge_keeps_vocab(extended, tmp_path
 
 
 def test_cli_refuses_a_missing_corpus(tmp_path):
-    from medgpt.vocab import main
+    from medgpt.modeling.vocab import main
 
     with pytest.raises(SystemExit, match="no such file"):
         main(["--corpus", str(tmp_path / "none.txt"), "--base", "tiny", "--output", str(tmp_path / "o"),

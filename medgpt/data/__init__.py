@@ -1,6 +1,6 @@
 """Data: read files or a hub dataset -> detect format -> convert and validate -> split. No model needed.
 
-    python -m medgpt.data inspect data=sft_demo
+    medgpt data inspect data=sft_demo
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 from omegaconf import OmegaConf
 
 from medgpt.data.loading import Records, expand_files, load_split
+from medgpt.data.mix import mix_records
 from medgpt.errors import UserError
 
 
@@ -35,8 +36,6 @@ def source_options(data_cfg, stage_cfg) -> dict:
 def load_train(data_cfg, stage_cfg, seed: int = 0) -> Records:
     check_stage(data_cfg, stage_cfg.name)
     if data_cfg.mix:
-        from medgpt.data.mix import mix_records
-
         return mix_records(data_cfg, lambda source: load_train(source, stage_cfg, seed), seed)
     if not data_cfg.train_files and not data_cfg.hub_name:
         raise UserError("no training data: set data.train_files=[...] (files, folders or globs), data.hub_name "

@@ -27,6 +27,8 @@ from typing import List, Tuple
 
 from omegaconf import OmegaConf
 
+from medgpt.data import tokenize
+
 log = logging.getLogger(__name__)
 CACHE_ENV = "MEDGPT_DATA_CACHE"
 DONE = "counts.json"  # written last: its presence marks a complete entry
@@ -58,7 +60,6 @@ def rows_fingerprint(rows: List[dict]) -> str:
 
 
 def cache_key(stage, rows: List[dict], tokenizer, cfg) -> str:
-    from medgpt.data import tokenize
 
     args = OmegaConf.to_container(cfg.stage.args, resolve=True)
     stage_fields = {k: v for k, v in OmegaConf.to_container(cfg.stage, resolve=True).items() if k != "args"}

@@ -2,7 +2,7 @@
 
 Runs before any model is loaded, so a bad record fails in seconds with its file, line and fix:
 
-    python -m medgpt.data inspect data=sft_demo        # counts, lengths and two rendered examples
+    medgpt data inspect data=sft_demo        # counts, lengths and two rendered examples
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from typing import Callable, List, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from medgpt.config import DataConfig, register_configs
 from medgpt.data.loading import Records
 from medgpt.errors import UserError
 
@@ -26,7 +27,6 @@ DATA_CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
 
 def data_config(name: str) -> DictConfig:
     """conf/data/<name>.yaml checked against the DataConfig schema (same fields and types as at compose)."""
-    from medgpt.config import DataConfig, register_configs
 
     register_configs()
     return OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(DATA_CONF / f"{name}.yaml"))
@@ -34,7 +34,6 @@ def data_config(name: str) -> DictConfig:
 
 def source_config(entry) -> Tuple[DictConfig, float | None]:
     """One data.mix entry -> (its data config, its weight or None)."""
-    from medgpt.config import DataConfig
 
     if isinstance(entry, str):
         entry = {"name": entry}

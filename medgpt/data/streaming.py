@@ -13,7 +13,8 @@ import logging
 from typing import Iterable, Iterator, List
 
 from medgpt.data import check_stage, source_options
-from medgpt.data.loading import Records, expand_files, iter_rows
+from medgpt.data.cache import cached_prepare
+from medgpt.data.loading import Records, expand_files, iter_rows, load_split
 from medgpt.data.tokenize import tokenize_chats
 from medgpt.errors import UserError
 
@@ -93,10 +94,8 @@ def streaming_dataset(cfg, tokenizer):
 
 
 def streaming_datasets(cfg, stage, tokenizer):
-    """(train IterableDataset, eval Dataset or None, report) for medgpt.run: eval files are small, so they are
+    """(train IterableDataset, eval Dataset or None, report) for medgpt.training.run: eval files are small, so they are
     read in memory and tokenized through the cache like any other run."""
-    from medgpt.data.cache import cached_prepare
-    from medgpt.data.loading import load_split
 
     train = streaming_dataset(cfg, tokenizer)
     report = {"streaming": True, "train_records": None}

@@ -3,7 +3,7 @@
 Labels are -100 on every token outside the template's {% generation %} spans (system, user, role headers),
 so loss falls exactly on assistant text and its end-of-turn token, in every assistant turn.
 
-    python -m medgpt.data inspect data=sft_demo       # see the masked spans of two examples
+    medgpt data inspect data=sft_demo       # see the masked spans of two examples
 """
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ from collections import Counter
 from typing import Dict, List, Tuple
 
 from medgpt.errors import UserError
-from medgpt.tracking import progress
 
 IGNORE = -100
 OVERLONG = ("truncate", "drop", "error")
+
+
+def progress(items, desc: str, min_items: int = 2000):
+    """A progress bar over a long loop (data preparation); silent for short ones and when not on a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="rec", disable=len(items) < min_items, leave=False)
 
 
 def chat_labels(tokenizer, messages: List[dict]) -> Tuple[List[int], List[int]]:

@@ -3,6 +3,5 @@ config system as training (stage=eval, or eval_after_train=true), plus a compari
 
     python train.py stage=eval model.path=<run folder> data=eval_demo
     python train.py stage=sft eval_after_train=true eval.files=[medgpt/demo_data/mcq_demo.jsonl]
-    python -m medgpt.evaluation compare outputs/runs/eval-tiny-cpu/* --sort=-mcq_accuracy
+    medgpt eval compare outputs/runs/eval-tiny-cpu/* --sort=-mcq_accuracy
 """
-from medgpt.evaluation.tasks import Task, after_train_tasks, evaluate, evaluate_after_train, load_tasks  # noqa: F401

@@ -14,7 +14,7 @@ from typing import Dict
 
 from medgpt.errors import UserError
 
-TASKS = Path(__file__).resolve().parent.parent / "lm_eval_tasks"
+TASKS = Path(__file__).resolve().parent / "lm_eval_tasks"
 
 
 def require_lm_eval() -> None:

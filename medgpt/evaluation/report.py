@@ -1,10 +1,12 @@
 """The end of an eval: a summary table on stdout and the metrics in W&B under eval/.
 
-    python -m medgpt.evaluation compare outputs/runs/eval-*/*      # several runs side by side
+    medgpt eval compare outputs/runs/eval-*/*      # several runs side by side
 """
 from __future__ import annotations
 
 from typing import Dict
+
+from medgpt.leaderboard import format_table
 
 SUMMARY_COLUMNS = ["task", "kind", "n", "accuracy", "margin", "exact_match", "f1", "rouge_l", "judge", "perplexity",
                    "acc", "acc_norm"]  # acc*: lm-evaluation-harness tasks
@@ -23,10 +25,6 @@ def task_rows(metrics: Dict) -> list:
 def summary(metrics: Dict) -> str:
     rows = task_rows(metrics)
     columns = [c for c in SUMMARY_COLUMNS if any(c in r for r in rows)]
-    try:
-        from medgpt.leaderboard import format_table
-    except ImportError:  # the shared table code (sweep.py) is not installed: plain lines
-        return "\n".join(", ".join(f"{c}={_fmt(r[c])}" for c in columns if c in r) for r in rows)
     return format_table(rows, columns=columns)
 
 

@@ -23,8 +23,12 @@ from medgpt.data.formats import FORMATS
 from medgpt.data.loading import expand_files, load_split
 from medgpt.data.tokenize import IGNORE, chat_labels
 from medgpt.errors import DataError, UserError
-from medgpt.evaluation import metrics as m
-from medgpt.evaluation import prompts, scoring
+from medgpt.evaluation import metrics as m, prompts, scoring
+from medgpt.evaluation.harness import run_lm_eval
+from medgpt.evaluation.judge import judge_all
+from medgpt.evaluation.report import publish
+from medgpt.modeling.load import load_for_inference, resolve_path
+from medgpt.modeling.templates import end_of_turn
 
 log = logging.getLogger(__name__)
 EVAL_FORMATS = sorted(name for name, f in FORMATS.items() if f.kind != "unpaired")
@@ -64,7 +68,6 @@ def load_tasks(cfg, files: List[str]) -> List[Task]:
 def evaluate(cfg, run_dir: Path, model, tokenizer, tasks: List[Task], reference: Optional[str] = None) -> Dict:
     """Score every task; write predictions/<task>.jsonl; return flat metrics (<task>/<metric> and aggregates).
     reference: the model a policy's implicit reward is measured against (preference files), when not a LoRA."""
-    from medgpt.templates import end_of_turn
 
     model.eval()
     ctx = Context(cfg, model, tokenizer, end_of_turn(cfg.model.template), reference)
@@ -78,8 +81,6 @@ def evaluate(cfg, run_dir: Path, model, tokenizer, tasks: List[Task], reference:
     flat = {f"{name}/{key}": value for name, res in results.items() for key, value in res.items()}
     flat.update(aggregate(list(results.values())))
     if cfg.eval.lm_eval_tasks:
-        from medgpt.evaluation.harness import run_lm_eval
-
         flat.update(run_lm_eval(cfg, model, tokenizer, Path(run_dir)))
     return flat
 
@@ -93,8 +94,6 @@ def after_train_tasks(cfg) -> List[Task]:
 
 def evaluate_after_train(cfg, run_dir: Path, model, tokenizer, tasks: List[Task]) -> Dict:
     """The trained model on eval.files; keys eval/<metric> (metrics.json, W&B), reference = the starting model."""
-    from medgpt.evaluation.report import publish
-    from medgpt.models import resolve_path
 
     reference = resolve_path(cfg.model.path, cfg.model.tiny)
     scores = {f"eval/{k}": v for k, v in evaluate(cfg, run_dir, model, tokenizer, tasks, reference).items()}
@@ -170,8 +169,6 @@ def score_qa(ctx: Context, task: Task):
         out[-1]["score"] = out[-1]["f1"]
     result = {key: _mean(out, key) for key in ("exact_match", "f1", "rouge_l")}
     if cfg.eval.judge_url:
-        from medgpt.evaluation.judge import judge_all
-
         for example, grade in zip(out, judge_all(cfg.eval, out)):
             example["judge"] = grade
         result["judge"] = _mean(out, "judge")
@@ -232,7 +229,6 @@ def _reference_logprobs(ctx: Context, examples) -> List[float]:
     if not path:
         log.warning("no reference model known: preference rewards are beta * log p_policy (eval.reference=<path>)")
         return [0.0] * len(examples)
-    from medgpt.models import load_for_inference
 
     try:
         reference = load_for_inference(path)[0].to(scoring._device(ctx.model))

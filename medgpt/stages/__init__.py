@@ -4,7 +4,7 @@
     prepare(rows, tokenizer, cfg) -> (datasets.Dataset, counts)     # normalised records -> what the trainer eats
     build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks) -> Trainer
 
-and medgpt.run does the rest (data, model, args, tracking, saving). A stage that does not train (eval) exposes
+and medgpt.training.run does the rest (data, model, args, tracking, saving). A stage that does not train (eval) exposes
 instead `load(cfg) -> records` (before the model), `model_kind(cfg)` and `run(cfg, run_dir, model, tokenizer,
 records) -> metrics`; its stage.args is empty.
 """

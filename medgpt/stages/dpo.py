@@ -15,8 +15,10 @@ from collections import Counter
 
 from datasets import Dataset
 
+from medgpt.config import import_object
 from medgpt.errors import UserError
-from medgpt.models import adapter_base, resolve_path
+from medgpt.modeling.load import resolve_path
+from medgpt.runs import adapter_base
 
 log = logging.getLogger("medgpt")
 MODEL_KIND = "causal"
@@ -62,7 +64,6 @@ def check_reference(cfg) -> None:
 def prepare_pairs(rows, tokenizer, cfg):
     """The prepare() of pair trainers that truncate long pairs themselves (DPO, ORPO, CPO/SimPO). A pair whose
     prompt alone fills max_length would keep no answer token (length-normalised losses turn NaN): dropped, counted."""
-    from medgpt.config import import_object
 
     target = cfg.stage.args.get("_target_")
     max_length = cfg.stage.args.get("max_length") or import_object(target).__dataclass_fields__["max_length"].default

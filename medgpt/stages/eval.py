@@ -11,21 +11,23 @@ import json
 from pathlib import Path
 
 from medgpt.errors import UserError
+from medgpt.evaluation.tasks import evaluate, load_tasks
+from medgpt.evaluation.harness import require_lm_eval
+from medgpt.evaluation.report import publish
+from medgpt.modeling.load import resolve_path
+from medgpt.runs import adapter_base, run_info
 
 MODEL_KIND = "causal"
 
 
 def load(cfg):
     """Validated tasks, before any model is loaded (run.py calls this first)."""
-    from medgpt.evaluation import load_tasks
 
     files = list(cfg.data.eval_files) + list(cfg.eval.files)
     if not files and not cfg.eval.lm_eval_tasks:
         raise UserError("stage=eval has nothing to score: set data.eval_files=[...] or eval.files=[...] "
                         "(mcq/qa/chat/text/preference files), or eval.lm_eval_tasks=[...]")
     if cfg.eval.lm_eval_tasks:
-        from medgpt.evaluation.harness import require_lm_eval
-
         require_lm_eval()
     tasks = load_tasks(cfg, files)
     if model_kind(cfg) == "reward" and any(t.kind != "preference" for t in tasks):
@@ -36,7 +38,6 @@ def load(cfg):
 
 def model_kind(cfg) -> str:
     """reward for a reward model (stage=rm output, full or LoRA), else causal."""
-    from medgpt.models import resolve_path
 
     path = Path(resolve_path(cfg.model.path, cfg.model.tiny))
     adapter, config = path / "adapter_config.json", path / "config.json"
@@ -49,9 +50,6 @@ def model_kind(cfg) -> str:
 
 
 def run(cfg, run_dir, model, tokenizer, tasks):
-    from medgpt.evaluation import evaluate
-    from medgpt.evaluation.report import publish
-    from medgpt.models import adapter_base, resolve_path, run_info
 
     path = resolve_path(cfg.model.path, cfg.model.tiny)
     reference = adapter_base(path) or run_info(path).get("source")  # what a DPO policy started from

@@ -1,5 +1,5 @@
 """GRPO (TRL's GRPOTrainer) on question/answer prompts, rewarded by the functions in stage.reward_funcs
-(medgpt.rewards: answer accuracy, <think>/<answer> format, length penalty, a trained reward model, or your own).
+(medgpt.training.rewards: answer accuracy, <think>/<answer> format, length penalty, a trained reward model, or your own).
 Each function's mean reward is logged as rewards/<name>/mean.
 
     python train.py stage=grpo data=medical_grpo stage.args.num_generations=4 stage.args.max_completion_length=256
@@ -9,7 +9,7 @@ from collections import Counter
 from datasets import Dataset
 
 from medgpt.errors import UserError
-from medgpt.rewards import check_answers, check_reward_funcs, instantiate_reward_funcs
+from medgpt.training.rewards import check_answers, check_reward_funcs, instantiate_reward_funcs
 
 MODEL_KIND = "causal"
 
@@ -40,7 +40,7 @@ def prepare(rows, tokenizer, cfg):
 
     if not cfg.stage.reward_funcs:
         raise UserError("stage=grpo needs reward functions: stage.reward_funcs=[{_target_: "
-                        "medgpt.rewards.answer_accuracy}, ...] (see conf/stage/grpo.yaml)")
+                        "medgpt.training.rewards.answer_accuracy}, ...] (see conf/stage/grpo.yaml)")
     check_reward_funcs(cfg.stage.reward_funcs)
     check_answers(cfg.stage.reward_funcs, rows)
     check_generation_batch(cfg.stage.args, config_defaults(GRPOConfig))

@@ -12,13 +12,13 @@ from collections import Counter
 
 from medgpt.errors import UserError
 
-from medgpt.rewards import (check_answers, check_reward_funcs, check_reward_model, instantiate_reward_funcs,
+from medgpt.training.rewards import (check_answers, check_reward_funcs, check_reward_model, instantiate_reward_funcs,
                             load_reward_model)
 from medgpt.stages.grpo import check_generation_batch, config_defaults, prompt_dataset
 
 MODEL_KIND = "causal"
 log = logging.getLogger(__name__)
-ANSWER_REWARD = [{"_target_": "medgpt.rewards.answer_accuracy"}]
+ANSWER_REWARD = [{"_target_": "medgpt.training.rewards.answer_accuracy"}]
 
 
 def reward_nodes(stage) -> list:

@@ -4,6 +4,7 @@ pairs are rendered with the model's chat template; eval reports pairwise accurac
     python train.py stage=rm data=medical_dpo data.max_samples=200
     python train.py stage=ppo stage.reward_model=outputs/runs/rm-tiny-cpu/<stamp>     # use it for RLHF
 """
+from medgpt.errors import UserError
 from medgpt.stages.dpo import preference_dataset
 
 MODEL_KIND = "reward"
@@ -20,8 +21,6 @@ def prepare(rows, tokenizer, cfg):
     from collections import Counter
 
     from trl import RewardConfig
-
-    from medgpt.errors import UserError
 
     max_length = cfg.stage.args.get("max_length", RewardConfig.__dataclass_fields__["max_length"].default)
     kept = [r for r in rows if max_length is None or max(pair_lengths(r, tokenizer)) <= max_length]

@@ -7,6 +7,9 @@ import functools
 from datasets import Dataset
 
 from medgpt.data.tokenize import tokenize_chats
+from medgpt.modeling.hardware import zero_stage
+from medgpt.training.batching import collate_without_causal_padding_mask, plan_batches
+from medgpt.training.losses import labelled_positions_loss, supports_labelled_loss
 
 MODEL_KIND = "causal"
 CACHEABLE = True  # prepare() only tokenizes: medgpt.data.cache may reuse its output
@@ -23,14 +26,11 @@ def prepare(rows, tokenizer, cfg):
 
 
 def trainer_class():
-    """SFTTrainer whose training batches follow stage.batching (medgpt.batching), and whose loss projects only
-    labelled positions (medgpt.losses) unless stage.fused_lm_head asks for TRL's fused head (tiled: less memory,
+    """SFTTrainer whose training batches follow stage.batching (medgpt.training.batching), and whose loss projects only
+    labelled positions (medgpt.training.losses) unless stage.fused_lm_head asks for TRL's fused head (tiled: less memory,
     slower at moderate batch sizes, as measured in docs/performance.md)."""
     from torch.utils.data import DataLoader
     from trl import SFTTrainer
-
-    from medgpt.batching import collate_without_causal_padding_mask
-    from medgpt.losses import labelled_positions_loss
 
     class BatchedSFTTrainer(SFTTrainer):
         batch_plan = None
@@ -58,9 +58,6 @@ def trainer_class():
 
 
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
-    from medgpt.batching import plan_batches
-    from medgpt.hardware import zero_stage
-    from medgpt.losses import supports_labelled_loss
 
     args.max_length = max_length(cfg)
     trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,

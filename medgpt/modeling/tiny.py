@@ -1,7 +1,7 @@
 """The embedded default model: a tiny random-weight Qwen2 and a byte-level BPE tokenizer trained in-process on
 the project's demo text. Built offline and deterministically (same settings -> identical files), cached.
 
-    python -m medgpt.tiny            # build (or find) it and print its folder
+    python -m medgpt.modeling.tiny            # build (or find) it and print its folder
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from medgpt.templates import END_OF_TURN, load_template
+from medgpt.modeling.templates import END_OF_TURN, load_template
 
-DEMO = Path(__file__).parent / "demo_data"
+DEMO = Path(__file__).resolve().parents[1] / "demo_data"
 BUILD_VERSION = 1  # bump when the build below changes
 DEFAULT_SHAPE = dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, seed=0,

@@ -1,28 +1,27 @@
 """The one way to load a model and tokenizer: hub id, local folder, a run's final/ (full weights or a LoRA
 adapter on its base) or the embedded tiny model; chat template installed; LoRA/QLoRA/freeze applied.
 
-    python -c "from medgpt.models import resolve_path; print(resolve_path('tiny'))"
+    python -c "from medgpt.modeling.load import resolve_path; print(resolve_path('tiny'))"
 """
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from medgpt.errors import UserError
-from medgpt.templates import end_of_turn, load_template, stop_tokens
+from medgpt.modeling import hardware, longcontext
+from medgpt.modeling.attention import register
+from medgpt.modeling.hardware import check_attention, device_info, quantization_config
+from medgpt.modeling.templates import end_of_turn, load_template, stop_tokens
+from medgpt.modeling.tiny import tiny_path
+from medgpt.runs import ADAPTER_FILE, EXTENDED_VOCAB, RUN_INFO, adapter_base, check_weights, run_info
 
 log = logging.getLogger(__name__)
-ADAPTER_FILE = "adapter_config.json"
-RUN_INFO = "medgpt.json"  # written into every final/: template, base model, adapter or not
-
-
 def resolve_path(path: str, tiny: Optional[dict] = None) -> str:
     """'tiny' -> the cached embedded model; a run folder -> its final/; anything else as given (hub id or folder)."""
     if path == "tiny":
-        from medgpt.tiny import tiny_path
-
         return str(tiny_path(**(tiny or {})))
     p = Path(path).expanduser()
     if p.is_dir() and not (p / "config.json").exists() and (p / "final").is_dir():
@@ -33,19 +32,6 @@ def resolve_path(path: str, tiny: Optional[dict] = None) -> str:
     if not p.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise UserError(f"model.path={path}: no such folder")
     return str(p) if p.exists() else path
-
-
-def adapter_base(path: str) -> Optional[str]:
-    """The base model of a LoRA adapter folder, or None if the folder holds full weights."""
-    config = Path(path) / ADAPTER_FILE
-    if not config.exists():
-        return None
-    return json.loads(config.read_text())["base_model_name_or_path"]
-
-
-def run_info(path: str) -> dict:
-    info = Path(path) / RUN_INFO
-    return json.loads(info.read_text()) if info.exists() else {}
 
 
 def load_tokenizer(model_cfg, path: Optional[str] = None):
@@ -70,8 +56,6 @@ def load_tokenizer(model_cfg, path: Optional[str] = None):
 def _check_cuda_features(model_cfg, hw) -> None:
     import torch
 
-    from medgpt.hardware import check_attention, device_info
-
     if hw.quantization and not torch.cuda.is_available():  # bitsandbytes >= 0.45 ships a CPU backend: QLoRA runs
         try:
             import bitsandbytes  # noqa: F401
@@ -81,8 +65,6 @@ def _check_cuda_features(model_cfg, hw) -> None:
                             f"(no quantization)") from None
     check_attention(model_cfg.attn_implementation, device_info())
     if model_cfg.attn_implementation == "medgpt_varlen":
-        from medgpt.attention import register
-
         register()
 
 
@@ -91,9 +73,6 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
     """Load for training. kind: causal | reward (sequence classification, 1 label). Applies freeze/LoRA/QLoRA."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from medgpt import hardware, longcontext
-    from medgpt.checkpoints import check_weights
 
     _check_cuda_features(model_cfg, hw)
     path = resolve_path(model_cfg.path, model_cfg.tiny)
@@ -136,14 +115,32 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
                                 task_type="SEQ_CLS" if kind == "reward" else "CAUSAL_LM",
                                 embedding_modules=_embedding_modules(model) if extended else ())
     if lora is not None:
-        from medgpt.vocab import configure_lora
-
-        configure_lora(lora, base or path)  # a medgpt.vocab-extended model's new embedding rows must train
+        configure_lora(lora, base or path)  # a medgpt.modeling.vocab-extended model's new embedding rows must train
     if lora is not None and not _is_peft(model):
         from peft import get_peft_model
 
         model = get_peft_model(model, lora)
     return model
+
+
+def trainable_embeddings(path: str) -> Optional[List[str]]:
+    """For a model saved by `extend`: the modules LoRA must train fully (modules_to_save), else None."""
+    folder = Path(path)
+    info = folder / RUN_INFO
+    if not info.exists() or EXTENDED_VOCAB not in json.loads(info.read_text(encoding="utf-8")):
+        return None
+    tied = json.loads((folder / "config.json").read_text()).get("tie_word_embeddings", False)
+    return ["embed_tokens"] if tied else ["embed_tokens", "lm_head"]
+
+
+def configure_lora(lora, path: str) -> None:
+    """LoRA on an extended-vocabulary model trains the embeddings fully (the new rows start as a mean); with tied
+    embeddings the output layer follows the trained copy (peft's ensure_weight_tying), so merging keeps them tied."""
+    modules = trainable_embeddings(path)
+    if modules and not lora.modules_to_save:
+        lora.modules_to_save = modules
+        lora.ensure_weight_tying = modules == ["embed_tokens"]
+        log.info("extended vocabulary: LoRA trains %s fully", ", ".join(modules))
 
 
 def _fit_vocabulary(model, tokenizer) -> bool:
@@ -250,8 +247,6 @@ def load_for_inference(path: str, *, device_map=None, dtype=None, quantization: 
         kwargs["device_map"] = device_map
     if quantization:
         from types import SimpleNamespace
-
-        from medgpt.hardware import quantization_config
 
         kwargs["quantization_config"] = quantization_config(SimpleNamespace(quantization=quantization),
                                                             compute_dtype=kwargs["dtype"])

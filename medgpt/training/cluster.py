@@ -1,7 +1,7 @@
 """Clusters: SLURM through hydra-submitit-launcher (conf/hydra/launcher/slurm.yaml). Inside a job of N tasks each
-task becomes one torch.distributed rank; `python -m medgpt.cluster` prints the sbatch file a sweep would submit.
+task becomes one torch.distributed rank; `medgpt cluster` prints the sbatch file a sweep would submit.
 
-    python -m medgpt.cluster hydra/launcher=slurm hydra.launcher.nodes=2 hydra.launcher.partition=gpu
+    medgpt cluster hydra/launcher=slurm hydra.launcher.nodes=2 hydra.launcher.partition=gpu
     python train.py -m hydra/launcher=slurm hydra.launcher.nodes=2 hydra.launcher.partition=gpu hardware=full
 Multi-node without SLURM: scripts/multinode_torchrun.sh.
 """
@@ -11,6 +11,8 @@ import os
 import socket
 import sys
 from typing import List, Optional
+
+from medgpt.config import compose
 
 
 def free_port() -> int:
@@ -62,7 +64,6 @@ def sbatch_text(launcher_cfg, folder: str) -> str:
 
 
 def compose_launcher(overrides: List[str]):
-    from medgpt.config import compose
 
     overrides = list(overrides)
     if not any(o.startswith("hydra/launcher=") for o in overrides):
@@ -75,7 +76,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     launcher = compose_launcher(overrides)
     print(sbatch_text(launcher, folder=launcher.submitit_folder))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
 """Talk to a trained model: interactive streaming chat, one-shot prompt, or batch over a file.
 
-    python -m medgpt.chat outputs/runs/sft-tiny-cpu/<stamp>                      # interactive (/clear, /exit)
-    python -m medgpt.chat <run> --prompt "头痛怎么办？"                            # one answer, then exit
-    python -m medgpt.chat <run> --input questions.jsonl --output answers.jsonl     # batch (txt: one a line)
-    torchrun --nproc_per_node 2 -m medgpt.chat <run> --input q.jsonl --output a.jsonl   # split across ranks
+    medgpt chat outputs/runs/sft-tiny-cpu/<stamp>                      # interactive (/clear, /exit)
+    medgpt chat <run> --prompt "头痛怎么办？"                            # one answer, then exit
+    medgpt chat <run> --input questions.jsonl --output answers.jsonl     # batch (txt: one a line)
+    torchrun --nproc_per_node 2 -m medgpt chat <run> --input q.jsonl --output a.jsonl   # split across ranks
 """
 from __future__ import annotations
 
@@ -15,8 +15,12 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from medgpt.data import formats
+from medgpt.data.formats import RecordError
 from medgpt.errors import DataError, UserError, command
-from medgpt.generate import SETTINGS
+from medgpt.modeling.generate import DEFAULTS, SETTINGS, complete_batch, stream
+from medgpt.modeling.load import load_for_inference, resolve_path
+from medgpt.runs import adapter_base
 
 QUESTION_KEYS = ("prompt", "question", "instruction", "messages", "conversations")
 
@@ -32,7 +36,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", help="system prompt")
     for name in SETTINGS:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int if name == "max_new_tokens" else float,
-                            help="default: final/generation_config.json, else medgpt.generate.DEFAULTS "
+                            help="default: final/generation_config.json, else medgpt.modeling.generate.DEFAULTS "
                                  "(temperature 0 = greedy)")
 
 
@@ -41,7 +45,6 @@ def generation_overrides(args) -> dict:
 
 
 def load(args):
-    from medgpt.models import load_for_inference
 
     return load_for_inference(args.model, device_map=args.device_map, quantization=args.load_in, base=args.base,
                               template=args.template)
@@ -55,7 +58,6 @@ def with_system(system: Optional[str], messages: List[dict]) -> List[dict]:
 
 def record_prompt(record: dict, field: Optional[str] = None) -> List[dict]:
     """The conversation to answer for one input record (a trailing assistant turn is the reference: dropped)."""
-    from medgpt.data import formats
 
     if field:
         if field not in record:
@@ -81,7 +83,6 @@ def record_prompt(record: dict, field: Optional[str] = None) -> List[dict]:
 
 def read_questions(path: str, field: Optional[str] = None, system: Optional[str] = None):
     """(records, conversations) from a .txt (one question a line) or .jsonl file; bad lines name file:line."""
-    from medgpt.data.formats import RecordError
 
     p = Path(path)
     if not p.is_file():
@@ -142,7 +143,6 @@ def run_batch(args) -> None:
     rank, world = _distributed()
     mine = list(range(rank, len(records), world))  # round-robin: every rank gets a similar mix of lengths
     model, tokenizer, _ = load(args)
-    from medgpt.generate import complete_batch
 
     done = complete_batch(model, tokenizer, [conversations[i] for i in mine], batch_size=args.batch_size,
                           progress=rank == 0, **generation_overrides(args))
@@ -172,9 +172,6 @@ def _vllm_answers(args, conversations) -> List[str]:
                         "Drop --backend vllm to use the transformers backend (torchrun splits the work)")
     from vllm import LLM, SamplingParams
 
-    from medgpt.generate import DEFAULTS
-    from medgpt.models import adapter_base, resolve_path
-
     path = resolve_path(args.model)
     base = args.base or adapter_base(path)
     values = {k: v for k, v in generation_overrides(args).items() if v is not None}
@@ -192,7 +189,6 @@ def _vllm_answers(args, conversations) -> List[str]:
 
 
 def interactive(args, model, tokenizer) -> None:
-    from medgpt.generate import stream
 
     print("medgpt chat: type a message; /clear starts over, /exit quits.", flush=True)
     history: List[dict] = []
@@ -221,7 +217,7 @@ def interactive(args, model, tokenizer) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m medgpt.chat", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="medgpt chat", description=__doc__.splitlines()[0])
     add_model_args(parser)
     parser.add_argument("--prompt", help="answer this one question and exit")
     parser.add_argument("--input", help="batch: questions as .jsonl (prompt/question/instruction/messages) or .txt")
@@ -252,8 +248,6 @@ def main(argv=None) -> int:
         return 0
     model, tokenizer, _ = load(args)
     if args.prompt:
-        from medgpt.generate import stream
-
         messages = with_system(args.system, [{"role": "user", "content": args.prompt}])
         for piece in stream(model, tokenizer, messages, **generation_overrides(args)):
             print(piece, end="", flush=True)
@@ -261,7 +255,3 @@ def main(argv=None) -> int:
     else:
         interactive(args, model, tokenizer)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,11 @@
 """Reward functions for GRPO/RLOO, chosen in config by `_target_` (stage.reward_funcs). TRL calls each as
 `f(prompts=..., completions=..., answer=..., **columns) -> list[float | None]` and logs it under its __name__.
 
-    python train.py stage=grpo 'stage.reward_funcs=[{_target_: medgpt.rewards.answer_accuracy}]'
+    python train.py stage=grpo 'stage.reward_funcs=[{_target_: medgpt.training.rewards.answer_accuracy}]'
 
 A target with a `completions` parameter is itself the reward function (its other parameters are set from the
-node: `{_target_: medgpt.rewards.length_penalty, max_chars: 300}`); any other target is a factory called with the
-node's keys that returns one (`{_target_: medgpt.rewards.reward_model, path: <run of stage=rm>}`).
+node: `{_target_: medgpt.training.rewards.length_penalty, max_chars: 300}`); any other target is a factory called with the
+node's keys that returns one (`{_target_: medgpt.training.rewards.reward_model, path: <run of stage=rm>}`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ import string
 import unicodedata
 from typing import Any, List, Optional
 
+from medgpt.config import import_object
 from medgpt.errors import UserError
+from medgpt.modeling.load import resolve_path
+from medgpt.runs import ADAPTER_FILE, adapter_base, run_info
 
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 THINK_ANSWER = re.compile(r"^\s*<think>.+?</think>\s*<answer>.+?</answer>\s*$", re.DOTALL)
@@ -94,8 +97,6 @@ def load_reward_model(path: str):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from medgpt.models import adapter_base, run_info
-
     path = check_reward_model(path)
     base = adapter_base(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -115,8 +116,6 @@ def check_reward_model(path: Optional[str], what: str = "stage.reward_model") ->
     """The resolved final/ of a reward model run, or a UserError saying what to pass (no model is loaded)."""
     import json
     from pathlib import Path
-
-    from medgpt.models import ADAPTER_FILE, resolve_path, run_info
 
     if not path:
         raise UserError(f"{what} is not set: train one with `python train.py stage=rm ...` and pass "
@@ -168,8 +167,6 @@ def instantiate_reward_funcs(nodes: Any) -> list:
     """stage.reward_funcs ({_target_: ...} nodes) -> named callables (see the module docstring)."""
     from hydra.utils import instantiate
 
-    from medgpt.config import import_object
-
     out = []
     for node in list(nodes or []):
         target = node.get("_target_") if hasattr(node, "get") else None
@@ -194,13 +191,12 @@ def check_answers(nodes: Any, rows: list) -> None:
     missing = [i + 1 for i, row in enumerate(rows) if row.get("answer") in (None, "")]
     if missing:
         raise UserError(f"{len(missing)} of {len(rows)} prompt records have no 'answer' (first: record {missing[0]}) "
-                        f"but the reward medgpt.rewards.answer_accuracy needs one. Fix: add \"answer\" to those "
+                        f"but the reward medgpt.training.rewards.answer_accuracy needs one. Fix: add \"answer\" to those "
                         f"records, or drop that reward from stage.reward_funcs")
 
 
 def check_reward_funcs(nodes: Any) -> None:
     """Cheap check before any model loads: every target imports; reward-model paths point at reward models."""
-    from medgpt.config import import_object
 
     for node in list(nodes or []):
         target = node.get("_target_") if hasattr(node, "get") else None

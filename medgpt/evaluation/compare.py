@@ -1,13 +1,15 @@
 """Compare evaluated runs side by side, with the same table code as sweep.py (medgpt.leaderboard).
 
-    python -m medgpt.evaluation compare outputs/runs/eval-tiny-cpu/* --sort=-mcq_accuracy
-    python -m medgpt.evaluation compare runA runB --columns mcq_accuracy qa_f1 perplexity --format md
+    medgpt eval compare outputs/runs/eval-tiny-cpu/* --sort=-mcq_accuracy
+    medgpt eval compare runA runB --columns mcq_accuracy qa_f1 perplexity --format md
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import List, Optional
+
+from medgpt.leaderboard import format_table, load_rows
 
 # Aggregate eval metrics, shown in this order when present
 EVAL_COLUMNS = ["mcq_accuracy", "qa_exact_match", "qa_f1", "qa_rouge_l", "qa_judge", "perplexity", "pref_accuracy",
@@ -28,14 +30,12 @@ def unprefixed(row: dict) -> dict:
 
 def compare(paths: List[str], columns: Optional[List[str]] = None, sort: Optional[str] = None,
             fmt: str = "text") -> str:
-    from medgpt.leaderboard import format_table, load_rows
-
     rows = [unprefixed(row) for row in load_rows(paths)]
     return format_table(rows, columns=columns or default_columns(rows), sort=sort, fmt=fmt)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medgpt.evaluation", description=__doc__,
+    parser = argparse.ArgumentParser(prog="medgpt eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     cmp = sub.add_parser("compare", help="one table of several runs' eval metrics")
@@ -46,7 +46,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     print(compare(args.runs, args.columns, args.sort, args.fmt))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

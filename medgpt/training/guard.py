@@ -17,6 +17,7 @@ from typing import Any, Dict, List
 from transformers import TrainerCallback
 
 from medgpt.errors import UserError
+from medgpt.runs import newest_complete
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,6 @@ class NonFiniteGuard(TrainerCallback):
             log.warning("guard: step %d: %s is not finite; update skipped (%d so far)", step, what,
                         len(self.skipped_steps))
             return
-        from medgpt.checkpoints import newest_complete
-
         last = newest_complete(self.checkpoints, quiet=True)
         why = ("more than guard.max_skipped=%d steps were skipped" % self.max_skipped if self.skip and not
                self.deepspeed else "skipping is not available under DeepSpeed" if self.skip else "")

@@ -1,6 +1,6 @@
 """Web chat demo (Gradio): streaming, multi-turn, system prompt and generation sliders.
 
-    python -m medgpt.demo outputs/runs/sft-tiny-cpu/<stamp> --port 7860      # open http://127.0.0.1:7860
+    medgpt demo outputs/runs/sft-tiny-cpu/<stamp> --port 7860      # open http://127.0.0.1:7860
 """
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 from typing import List
 
 from medgpt.errors import command
+from medgpt.inference.chat import add_model_args, generation_overrides, load
+from medgpt.modeling.generate import DEFAULTS, settings, stream
 
 TITLE = "medgpt"
 DESCRIPTION = "A medical assistant trained with medgpt. Research demo: not medical advice."
@@ -36,8 +38,6 @@ def build_demo(model, tokenizer, *, system: str = "", defaults: dict = None):
     """The gr.ChatInterface; its fn streams the growing reply."""
     import gradio as gr
 
-    from medgpt.generate import DEFAULTS, settings, stream
-
     saved = settings(model, **(defaults or {}))  # greedy settings carry no temperature / top_p
 
     def respond(message, history, system_prompt, max_new_tokens, temperature, top_p, repetition_penalty):
@@ -62,9 +62,8 @@ def build_demo(model, tokenizer, *, system: str = "", defaults: dict = None):
 
 @command
 def main(argv=None) -> int:
-    from medgpt.chat import add_model_args, generation_overrides, load
 
-    parser = argparse.ArgumentParser(prog="python -m medgpt.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="medgpt demo", description=__doc__.splitlines()[0])
     add_model_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to reach it from other machines")
     parser.add_argument("--port", type=int, default=7860)
@@ -75,7 +74,3 @@ def main(argv=None) -> int:
     demo = build_demo(model, tokenizer, system=args.system or "", defaults=defaults)
     demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

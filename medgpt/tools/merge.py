@@ -1,8 +1,8 @@
 """Merge a LoRA/QLoRA adapter into its base model and export a standalone model folder (safetensors + tokenizer +
 chat template + generation config) that loads with plain transformers, vLLM or llama.cpp converters.
 
-    python -m medgpt.merge outputs/runs/sft-tiny-lora/<stamp>/final --output merged/
-    python -m medgpt.merge <run> --output merged/ --dtype bfloat16
+    medgpt merge outputs/runs/sft-tiny-lora/<stamp>/final --output merged/
+    medgpt merge <run> --output merged/ --dtype bfloat16
 
 QLoRA: the adapter was trained against the *quantized* base, so the base is loaded quantized exactly as in
 training and dequantized before the merge; the merged model then computes what the adapter model computed.
@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Optional
 
 from medgpt.errors import UserError, command
+from medgpt.modeling.hardware import quantization_config
+from medgpt.modeling.load import resolve_path
+from medgpt.runs import RUN_INFO, adapter_base, run_info
 
 log = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -48,8 +51,6 @@ def load_base(base: str, quantization: Optional[str], dtype, trust_remote_code: 
         return AutoModelForCausalLM.from_pretrained(base, **kwargs)
     from types import SimpleNamespace
 
-    from medgpt.hardware import quantization_config
-
     compute = torch.float32 if dtype == "auto" else dtype
     kwargs.update(dtype=compute, device_map={"": "cuda:0" if torch.cuda.is_available() else "cpu"},
                   quantization_config=quantization_config(SimpleNamespace(quantization=quantization), compute))
@@ -62,8 +63,6 @@ def merge(final: str, output: str, dtype: str = "auto", quantization: Optional[s
     import torch
     from peft import PeftModel
     from transformers import AutoTokenizer
-
-    from medgpt.models import RUN_INFO, adapter_base, resolve_path, run_info
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
@@ -99,16 +98,12 @@ def merge(final: str, output: str, dtype: str = "auto", quantization: Optional[s
 
 @command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medgpt.merge", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="medgpt merge", description=__doc__.split("\n")[0])
     parser.add_argument("adapter", help="a run folder or its final/ holding a LoRA/QLoRA adapter")
     parser.add_argument("--output", required=True, help="folder for the merged model")
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: the base's)")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = merge(opts.adapter, opts.output, opts.dtype)
-    print(f"merged model: {out}\nchat         python -m medgpt.chat {out}")
+    print(f"merged model: {out}\nchat         medgpt chat {out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

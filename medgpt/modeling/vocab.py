@@ -2,7 +2,7 @@
 (base ids unchanged, no duplicates), grow the embeddings (new rows = mean of the old rows) and save a model folder
 that PT/SFT start from.
 
-    python -m medgpt.vocab --corpus ../shared/data/medicalgpt-samples/medical_corpus.txt --base tiny \
+    medgpt vocab --corpus ../shared/data/medicalgpt-samples/medical_corpus.txt --base tiny \
         --output outputs/tiny-medvocab --vocab-size 2000
     python train.py stage=pt model.path=outputs/tiny-medvocab hardware=lora      # embeddings train fully
 
@@ -10,7 +10,7 @@ The domain tokenizer is trained with the base tokenizer's own normalizer and pre
 (`train_new_from_iterator`), so its tokens live in the same alphabet; each new token enters with the merge rule that
 builds it, ranked after every base merge (base merges always apply first).
 LoRA runs on an extended model train the embedding (and an untied lm_head) as modules_to_save, since the new rows
-start untrained: see `trainable_embeddings`.
+start untrained: see `medgpt.modeling.load.trainable_embeddings`.
 """
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List
 
 from medgpt.errors import UserError
+from medgpt.modeling.load import resolve_path
+from medgpt.runs import EXTENDED_VOCAB, RUN_INFO, run_info
 
 log = logging.getLogger(__name__)
-INFO_KEY = "extended_vocab"  # in the output's medgpt.json
 
 
 def corpus_texts(path: str) -> List[str]:
@@ -116,8 +117,6 @@ def extend(corpus: str, base: str, output: str, vocab_size: int) -> Dict[str, fl
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medgpt.models import RUN_INFO, resolve_path, run_info
-
     texts = corpus_texts(corpus)
     path = resolve_path(base)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -133,33 +132,13 @@ def extend(corpus: str, base: str, output: str, vocab_size: int) -> Dict[str, fl
     report = {"base": base, "base_vocab": len(tokenizer), "new_tokens": len(new_tokens), "vocab": len(extended),
               "tokens_per_text_before": round(tokens_per_text(tokenizer, texts), 2),
               "tokens_per_text_after": round(tokens_per_text(extended, texts), 2)}
-    info = {**run_info(path), INFO_KEY: report}
+    info = {**run_info(path), EXTENDED_VOCAB: report}
     (out / RUN_INFO).write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
     return report
 
 
-def trainable_embeddings(path: str) -> Optional[List[str]]:
-    """For a model saved by `extend`: the modules LoRA must train fully (modules_to_save), else None."""
-    folder = Path(path)
-    info = folder / "medgpt.json"
-    if not info.exists() or INFO_KEY not in json.loads(info.read_text(encoding="utf-8")):
-        return None
-    tied = json.loads((folder / "config.json").read_text()).get("tie_word_embeddings", False)
-    return ["embed_tokens"] if tied else ["embed_tokens", "lm_head"]
-
-
-def configure_lora(lora, path: str) -> None:
-    """LoRA on an extended-vocabulary model trains the embeddings fully (the new rows start as a mean); with tied
-    embeddings the output layer follows the trained copy (peft's ensure_weight_tying), so merging keeps them tied."""
-    modules = trainable_embeddings(path)
-    if modules and not lora.modules_to_save:
-        lora.modules_to_save = modules
-        lora.ensure_weight_tying = modules == ["embed_tokens"]
-        log.info("extended vocabulary: LoRA trains %s fully", ", ".join(modules))
-
-
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m medgpt.vocab", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="medgpt vocab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", required=True, help="domain text: .txt lines, or JSON lines (string values used)")
     parser.add_argument("--base", required=True, help="model folder, run folder, hub id, or tiny")
     parser.add_argument("--output", required=True, help="folder for the extended model + tokenizer")
@@ -171,7 +150,3 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: {e}")
     print(json.dumps(report, indent=1, ensure_ascii=False))
     print(f"train on it: python train.py stage=pt model.path={args.output}")
-
-
-if __name__ == "__main__":
-    main()

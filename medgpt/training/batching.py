@@ -11,6 +11,8 @@ from typing import Iterator, List, Sequence
 
 import torch
 
+from medgpt.errors import UserError
+
 STRATEGIES = ("token_budget", "group_by_length", "random")
 
 
@@ -84,7 +86,6 @@ class BatchPlan(torch.utils.data.Sampler):
 
 
 def plan_batches(strategy: str, lengths: Sequence[int], batch_size: int, max_tokens: int, seed: int) -> BatchPlan:
-    from medgpt.errors import UserError
 
     rng = random.Random(seed)
     if strategy == "token_budget":

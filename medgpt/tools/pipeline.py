@@ -1,8 +1,8 @@
 """Chained stages: each stage starts from the previous policy stage's final/ (a stage=rm run becomes the reward
 model of a later ppo stage instead), run in this process, then one summary table.
 
-    python -m medgpt.pipeline pt,sft,dpo
-    python -m medgpt.pipeline sft,rm,ppo hardware=lora stage.args.max_steps=20 sft:data=medical_sft dpo:stage.args.beta=0.2
+    medgpt pipeline pt,sft,dpo
+    medgpt pipeline sft,rm,ppo hardware=lora stage.args.max_steps=20 sft:data=medical_sft dpo:stage.args.beta=0.2
 
 Overrides apply to every stage; `<stage>:<override>` to that stage only (its data, for one: each stage's default
 data is `<stage>_demo`). Run folders: <output_root>/pipelines/<stamp>/<n>-<stage>/, summary.json beside them.
@@ -14,11 +14,14 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from medgpt import tracking
+from medgpt import runs
+from medgpt.config import compose as compose_run
 from medgpt.errors import UserError, command
+from medgpt.runs import adapter_base
+from medgpt.training.run import train
 
 log = logging.getLogger("medgpt")
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 REWARD_STAGES = ("rm",)  # their final/ scores answers; the policy chain goes around them
 NEEDS_REWARD_MODEL = ("ppo",)
 # what the summary shows per stage, first found wins (trainer log keys)
@@ -26,7 +29,6 @@ KEY_METRICS = ("eval_accuracy", "eval_rewards/margins", "rewards/margins", "rewa
 
 
 def compose(overrides: Sequence[str]):
-    from medgpt.config import compose as compose_run
 
     return compose_run(overrides)
 
@@ -50,7 +52,6 @@ def split_overrides(stages: Sequence[str], overrides: Sequence[str]) -> Dict[str
 def stage_overrides(stage: str, own: List[str], policy: Optional[str], reward_model: Optional[str]) -> List[str]:
     """The overrides of one stage: start from the previous policy's final/ (a LoRA adapter is merged into its base so
     the new stage's reference model is that previous model), and the chain's reward model for ppo."""
-    from medgpt.models import adapter_base
 
     out = [f"stage={stage}"]
     if policy:
@@ -74,13 +75,12 @@ def plan_check(stages: Sequence[str]) -> None:
 
 def run_pipeline(stages: Sequence[str], overrides: Sequence[str] = (), root: Optional[Path] = None) -> List[dict]:
     """Train the stages in order; returns one metrics dict per stage run (stops at the first failure)."""
-    from medgpt.run import train
 
     plan_check(stages)
     per_stage = split_overrides(stages, overrides)
     # compose every stage first: a typo in the last stage fails before the first one trains
     configs = [compose(stage_overrides(s, per_stage[s], None, None)) for s in stages]
-    root = root or Path(configs[0].output_root) / "pipelines" / tracking.run_stamp()
+    root = root or Path(configs[0].output_root) / "pipelines" / runs.run_stamp()
     results: List[dict] = []
     policy, reward_model = None, None
     for n, s in enumerate(stages, 1):
@@ -101,7 +101,7 @@ def run_pipeline(stages: Sequence[str], overrides: Sequence[str] = (), root: Opt
             reward_model = final
         else:
             policy = final
-    tracking.write_json(root / "summary.json", {"stages": list(stages), "results": results})
+    runs.write_json(root / "summary.json", {"stages": list(stages), "results": results})
     print(summary_table(results, root), flush=True)
     return results
 
@@ -151,7 +151,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     stages = [s.strip() for s in argv[0].split(",") if s.strip()]
     results = run_pipeline(stages, argv[1:])
     return 0 if all(r.get("status") == "completed" for r in results) and len(results) == len(stages) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

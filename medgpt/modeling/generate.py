@@ -1,6 +1,6 @@
 """Generation helpers shared by chat, serve, demo and rag: settings, streaming one chat, batched chats.
 
-    python -c "from medgpt.models import load_for_inference; from medgpt.generate import reply; \
+    python -c "from medgpt.modeling.load import load_for_inference; from medgpt.modeling.generate import reply; \
 m, t, _ = load_for_inference('tiny'); print(reply(m, t, [{'role': 'user', 'content': 'hi'}]))"
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each template marks assistant spans with {% generation %} so SFT can train on exactly the assistant text and
 its end-of-turn token. END_OF_TURN names the token that ends an assistant turn (generation stops on it).
 
-    python -c "from medgpt.templates import load_template; print(load_template('qwen'))"
+    python -c "from medgpt.modeling.templates import load_template; print(load_template('qwen'))"
 """
 from pathlib import Path
 

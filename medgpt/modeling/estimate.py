@@ -2,9 +2,9 @@
 weights, gradients, optimizer states, activations (with/without gradient checkpointing), logits, with ZeRO
 partitioning over N GPUs. Each term is printed.
 
-    python -m medgpt.estimate model=qwen2.5-7b hardware=qlora4
-    python -m medgpt.estimate model=llama-65b hardware=full hardware/deepspeed=zero3 --gpus 8 --seq 2048
-    python -m medgpt.estimate --table        # MedicalGPT's VRAM table next to our estimates
+    medgpt estimate model=qwen2.5-7b hardware=qlora4
+    medgpt estimate model=llama-65b hardware=full hardware/deepspeed=zero3 --gpus 8 --seq 2048
+    medgpt estimate --table        # MedicalGPT's VRAM table next to our estimates
 
 Shapes: a local model folder's config.json (model.path or a run's final/), else SHAPES below by model.name, else
 the Hugging Face cache (AutoConfig, offline). Parameter counts come from the transformers model class built on
@@ -20,7 +20,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from medgpt.config import compose as compose_run
 from medgpt.errors import UserError, command
+from medgpt.modeling.hardware import zero_stage
+from medgpt.modeling.load import resolve_path
+from medgpt.runs import adapter_base
 
 log = logging.getLogger(__name__)
 GB = 1e9
@@ -117,8 +121,6 @@ def model_config(model_cfg):
     """The transformers config of model_cfg without loading weights: local folder, SHAPES, or the HF cache."""
     from transformers import AutoConfig
 
-    from medgpt.models import adapter_base, resolve_path
-
     if model_cfg.name in SHAPES:
         return config_from_shape(SHAPES[model_cfg.name])
     path = resolve_path(model_cfg.path, model_cfg.get("tiny"))
@@ -127,7 +129,7 @@ def model_config(model_cfg):
         return AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code, local_files_only=True)
     except (OSError, ValueError) as e:
         raise UserError(f"no config for model {model_cfg.name} ({path}) offline: {str(e).splitlines()[0]}. Add its "
-                        f"shape to medgpt.estimate.SHAPES or point model.path at a folder with config.json") from None
+                        f"shape to medgpt.modeling.estimate.SHAPES or point model.path at a folder with config.json") from None
 
 
 def count_shape(config) -> Shape:
@@ -190,7 +192,6 @@ def estimate(shape: Shape, hw, *, seq: int, batch: int, gpus: int = 1, attn: Opt
              lora_targets="all-linear", precision: str = "bf16") -> Estimate:
     """Bytes per GPU, term by term. hw: the composed hardware node (method, quantization, lora_r,
     gradient_checkpointing, freeze_trainable_layers, deepspeed)."""
-    from medgpt.hardware import zero_stage
 
     est = Estimate()
     act = 4 if precision == "fp32" else 2  # bytes of a weight / activation element
@@ -326,14 +327,13 @@ def table_rows() -> List[tuple]:
 
 def compose(overrides):
     """The run config as train.py composes it (Hydra Compose API)."""
-    from medgpt.config import compose as compose_run
 
     return compose_run(overrides)
 
 
 @command
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medgpt.estimate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="medgpt estimate", description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="the same overrides as train.py (model=... hardware=...)")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs the run is spread over (ZeRO partitioning)")
     parser.add_argument("--seq", type=int, default=None, help="tokens per sample (default: data/model max_length)")
@@ -351,7 +351,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     deepspeed = cfg.hardware.deepspeed.name if cfg.hardware.deepspeed else "no deepspeed"
     print(est.report(f"{cfg.model.name} x hardware={cfg.hardware.name} ({deepspeed})"))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

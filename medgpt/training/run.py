@@ -15,9 +15,18 @@ from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from medgpt import tracking
+from medgpt import runs
 from medgpt.config import check_trainer_args, to_container
+from medgpt.data import load_data
+from medgpt.data.cache import cached_prepare
+from medgpt.data.streaming import streaming_datasets
 from medgpt.errors import UserError
+from medgpt.evaluation.tasks import after_train_tasks, evaluate_after_train
+from medgpt.modeling import hardware
+from medgpt.modeling.estimate import warn_if_too_large
+from medgpt.modeling.load import load_model, load_tokenizer, resolve_path, set_generation_defaults
+from medgpt.training import checkpoints, guard, tracking
+from medgpt.training.cluster import export_submitit_ranks, free_port
 
 log = logging.getLogger("medgpt")
 
@@ -25,12 +34,10 @@ log = logging.getLogger("medgpt")
 def run_dir_of(cfg: DictConfig) -> Path:
     from hydra.core.hydra_config import HydraConfig
 
-    from medgpt.checkpoints import run_folder
-
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     group = Path(cfg.output_root) / "runs" / f"{cfg.stage.name}-{cfg.model.name}-{cfg.hardware.name}"
-    return Path(run_folder(str(group), cfg.resume))
+    return Path(runs.run_folder(str(group), cfg.resume))
 
 
 def is_multirun() -> bool:
@@ -43,7 +50,6 @@ def is_multirun() -> bool:
 def main(cfg: DictConfig) -> Optional[float]:
     """Hydra task: train, and turn failures into a recorded status. User errors print one line, no traceback.
     Returns cfg.objective's value so Hydra sweepers (optuna) can minimise it."""
-    from medgpt.cluster import export_submitit_ranks
 
     export_submitit_ranks()  # a SLURM job of N tasks (hydra/launcher=slurm): one rank per task
     run_dir = run_dir_of(cfg)
@@ -69,20 +75,16 @@ def main(cfg: DictConfig) -> Optional[float]:
 
 def _record_failure(run_dir: Path, cfg, timer, message: str, tb: str = "", user_error: bool = False) -> None:
     log.error("run failed: %s%s", message, "\n" + tb if tb else "")
-    if tracking.is_main_process():
-        tracking.write_json(run_dir / "metrics.json", {
+    if runs.is_main_process():
+        runs.write_json(run_dir / "metrics.json", {
             "status": "failed", "error": message, "user_error": user_error, "stage": cfg.stage.name,
             "model": cfg.model.name, "hardware": cfg.hardware.name, "runtime_s": timer.elapsed()})
     tracking.finish_logger(cfg.logger, exit_code=1)
 
 
 def prepare_datasets(cfg: DictConfig, stage, tokenizer):
-    from medgpt.data import load_data
-    from medgpt.data.cache import cached_prepare
 
     if cfg.data.streaming:
-        from medgpt.data.streaming import streaming_datasets
-
         return streaming_datasets(cfg, stage, tokenizer)
     train_records, eval_records = load_data(cfg.data, cfg.stage, seed=cfg.seed)
     train_dataset, counts = cached_prepare(stage, train_records.rows, tokenizer, cfg)
@@ -105,8 +107,6 @@ def trainer_args(cfg: DictConfig, config_class, run_dir: Path, logger_args: dict
     """Instantiate stage.args; hardware-derived values fill in what the user did not set."""
     from hydra.utils import instantiate
 
-    from medgpt import hardware
-
     device = hardware.device_info()
     precision = hardware.resolve_precision(cfg.hardware.precision, device)
     deepspeed = hardware.deepspeed_config(cfg.hardware.deepspeed, precision)
@@ -114,7 +114,7 @@ def trainer_args(cfg: DictConfig, config_class, run_dir: Path, logger_args: dict
         _init_cpu_deepspeed()
     derived = {
         **hardware.precision_args(cfg.hardware.precision, device),
-        **({"ddp_backend": "gloo"} if not device["cuda"] and tracking.world_size() > 1 else {}),
+        **({"ddp_backend": "gloo"} if not device["cuda"] and runs.world_size() > 1 else {}),
         "gradient_checkpointing": cfg.hardware.gradient_checkpointing,
         "deepspeed": deepspeed,
         "seed": cfg.seed, "data_seed": cfg.seed,
@@ -124,8 +124,8 @@ def trainer_args(cfg: DictConfig, config_class, run_dir: Path, logger_args: dict
         **dict(cfg.hardware.args),
         **logger_args,
     }
-    if derived["deepspeed"] is not None and tracking.is_main_process():
-        tracking.write_json(run_dir / "deepspeed.json", derived["deepspeed"])
+    if derived["deepspeed"] is not None and runs.is_main_process():
+        runs.write_json(run_dir / "deepspeed.json", derived["deepspeed"])
     user_set = set(cfg.stage.args.keys())
     kwargs = {k: v for k, v in derived.items() if k not in user_set}
     known = {f for f in config_class.__dataclass_fields__}
@@ -139,8 +139,6 @@ def _init_cpu_deepspeed() -> None:
 
     import deepspeed
 
-    from medgpt.cluster import free_port
-
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
@@ -149,10 +147,6 @@ def _init_cpu_deepspeed() -> None:
 
 def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     import transformers
-
-    from medgpt import checkpoints, guard, hardware
-    from medgpt.evaluation import after_train_tasks, evaluate_after_train
-    from medgpt.models import load_model, load_tokenizer, set_generation_defaults
 
     timer = tracking.Timer()
     _reset_peak_memory()  # jobs of a multirun share one process: each reports its own GPU peak
@@ -165,9 +159,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     changed = checkpoints.config_changes(run_dir / "config.yaml", resolved) if resume_from else []
     if changed:
         log.warning("resuming with a config that differs from the run's first launch in: %s", ", ".join(changed))
-    if tracking.is_main_process():
+    if runs.is_main_process():
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), encoding="utf-8")
-        tracking.write_json(run_dir / "environment.json", {"versions": tracking.versions(), **tracking.git_state()})
+        runs.write_json(run_dir / "environment.json", {"versions": tracking.versions(), **tracking.git_state()})
     transformers.set_seed(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -180,7 +174,6 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     run_name = cfg.run_name or tracking.default_run_name(run_dir)
     logger_args = tracking.start_logger(cfg.logger, run_dir, run_name, resolved)
     args, precision = trainer_args(cfg, config_class, run_dir, logger_args)
-    from medgpt.estimate import warn_if_too_large
 
     warn_if_too_large(cfg, args)
     checkpoints.check_global_batch(args)
@@ -202,13 +195,13 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
     final = run_dir / "final"
     trainer.save_model(str(final))
-    if tracking.is_main_process():
+    if runs.is_main_process():
         _save_final_extras(final, cfg, trainer.model, tokenizer, set_generation_defaults)
         if eval_tasks is not None:
             metrics.update(evaluate_after_train(cfg, run_dir, trainer.model, tokenizer, eval_tasks))
         metrics["runtime_s"] = timer.elapsed()
-        tracking.write_json(run_dir / "history.json", {"log_history": trainer.state.log_history})
-        tracking.write_json(run_dir / "metrics.json", metrics)
+        runs.write_json(run_dir / "history.json", {"log_history": trainer.state.log_history})
+        runs.write_json(run_dir / "metrics.json", metrics)
         _print_summary(run_dir, metrics, cfg.logger.name)
     tracking.finish_logger(cfg.logger, model_dir=final)
     return metrics
@@ -225,8 +218,6 @@ def _reset_peak_memory() -> None:
 def run_without_trainer(cfg: DictConfig, run_dir: Path, stage, tokenizer, resolved: dict, timer) -> Dict[str, Any]:
     """A stage with run(cfg, run_dir, model, tokenizer, records) -> metrics (stage=eval): records load first
     (stage.load), then the model (kind from stage.model_kind), then metrics.json like a training run."""
-    from medgpt import hardware
-    from medgpt.models import load_model
 
     records = stage.load(cfg)
     tracking.start_logger(cfg.logger, run_dir, cfg.run_name or tracking.default_run_name(run_dir), resolved)
@@ -237,8 +228,8 @@ def run_without_trainer(cfg: DictConfig, run_dir: Path, stage, tokenizer, resolv
                                "hardware": cfg.hardware.name, "run_dir": str(run_dir)}
     metrics.update(stage.run(cfg, run_dir, model, tokenizer, records))
     metrics["runtime_s"] = timer.elapsed()
-    if tracking.is_main_process():
-        tracking.write_json(run_dir / "metrics.json", metrics)
+    if runs.is_main_process():
+        runs.write_json(run_dir / "metrics.json", metrics)
     tracking.finish_logger(cfg.logger)
     return metrics
 
@@ -269,7 +260,6 @@ def _train_metrics(trainer, result) -> Dict[str, Any]:
 
 
 def _save_final_extras(final: Path, cfg, model, tokenizer, set_generation_defaults) -> None:
-    from medgpt.models import RUN_INFO, adapter_base, resolve_path
 
     tokenizer.save_pretrained(final)
     (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's config.yaml records the args
@@ -278,9 +268,9 @@ def _save_final_extras(final: Path, cfg, model, tokenizer, set_generation_defaul
         set_generation_defaults(base_model, tokenizer, cfg.model.template)
         base_model.generation_config.save_pretrained(final)
     source = resolve_path(cfg.model.path, cfg.model.tiny)
-    tracking.write_json(final / RUN_INFO, {
+    runs.write_json(final / runs.RUN_INFO, {
         "template": cfg.model.template, "stage": cfg.stage.name, "model": cfg.model.name,
-        "base_model": adapter_base(str(final)), "source": adapter_base(source) or source,
+        "base_model": runs.adapter_base(str(final)), "source": runs.adapter_base(source) or source,
         "adapter": (final / "adapter_config.json").exists(), "trust_remote_code": cfg.model.trust_remote_code,
         "quantization": cfg.hardware.quantization})
 
@@ -302,5 +292,5 @@ def _print_summary(run_dir: Path, metrics: Dict[str, Any], logger: str = "none")
             lines.append(f"{'':<17} upload: wandb sync {Path(where).parent}")
     elif logger == "tensorboard":
         lines.append(f"{'tensorboard':<17} tensorboard --logdir {run_dir / 'tensorboard'}")
-    lines.append(f"{'chat':<17} python -m medgpt.chat {run_dir}")
+    lines.append(f"{'chat':<17} medgpt chat {run_dir}")
     print("\n".join(["", "=" * 72, *lines, "=" * 72]), flush=True)

@@ -1,8 +1,8 @@
 """Answer questions over your documents (.txt/.md/.pdf/.jsonl): chunk with overlap, BM25 retrieval, cited sources.
 
-    python -m medgpt.rag outputs/runs/sft-tiny-cpu/<stamp> --docs ../shared/data/medicalgpt-samples/medical_corpus.txt \
+    medgpt rag outputs/runs/sft-tiny-cpu/<stamp> --docs ../shared/data/medicalgpt-samples/medical_corpus.txt \
         --question "膺窗穴在哪里？"                 # leave --question out for an interactive loop
-    python -m medgpt.rag <run> --docs notes/ --retrieve-only --question "..."   # show the chunks, no model
+    medgpt rag <run> --docs notes/ --retrieve-only --question "..."   # show the chunks, no model
 
 Chinese has no spaces, so BM25 indexes CJK text as overlapping character bigrams; Latin text as lowercase words.
 """
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Iterator, List, Sequence, Tuple
 
 from medgpt.errors import DataError, UserError, command
+from medgpt.inference.chat import add_model_args, generation_overrides, load
+from medgpt.modeling.generate import reply
 
 SUFFIXES = (".txt", ".md", ".pdf", ".jsonl")
 SYSTEM = ("You are a careful medical assistant. Answer from the numbered sources below and cite them like [1]. "
@@ -158,7 +160,6 @@ def cited(answer: str, hits: List[Tuple[Chunk, float]]) -> List[int]:
 def answer(model, tokenizer, index, chunks, question: str, k: int = 3, system: str = SYSTEM,
            **gen) -> Tuple[str, List[str]]:
     """(answer text, 'n. source' lines for the sources it used)."""
-    from medgpt.generate import reply
 
     hits = retrieve(index, chunks, question, k)
     if not hits:
@@ -169,9 +170,8 @@ def answer(model, tokenizer, index, chunks, question: str, k: int = 3, system: s
 
 @command
 def main(argv=None) -> int:
-    from medgpt.chat import add_model_args, generation_overrides, load
 
-    parser = argparse.ArgumentParser(prog="python -m medgpt.rag", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="medgpt rag", description=__doc__.splitlines()[0])
     add_model_args(parser)
     parser.add_argument("--docs", nargs="+", required=True, help="files or folders (.txt .md .pdf .jsonl)")
     parser.add_argument("--question", help="one question (else: ask interactively, /exit quits)")
@@ -209,7 +209,3 @@ def _ask() -> Iterator[str]:
             return
         if line:
             yield line
-
-
-if __name__ == "__main__":
-    sys.exit(main())

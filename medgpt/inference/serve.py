@@ -1,6 +1,6 @@
 """OpenAI-compatible HTTP server: /v1/chat/completions (SSE streaming or not), /v1/models, /health.
 
-    python -m medgpt.serve outputs/runs/sft-tiny-cpu/<stamp> --port 8000 [--api-key KEY | env MEDGPT_API_KEY]
+    medgpt serve outputs/runs/sft-tiny-cpu/<stamp> --port 8000 [--api-key KEY | env MEDGPT_API_KEY]
     # then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY").chat.completions.create(model=..., ...)
 """
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import List, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from medgpt.errors import command
+from medgpt.inference.chat import add_model_args, load, with_system
+from medgpt.modeling.generate import complete_batch, prompt_ids, stream
 
 
 class TextPart(BaseModel):
@@ -63,9 +65,6 @@ def create_app(model, tokenizer, model_name: str, *, api_key: Optional[str] = No
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import StreamingResponse
     from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
-
-    from medgpt.chat import with_system
-    from medgpt.generate import complete_batch, prompt_ids, stream
 
     app = FastAPI(title="medgpt", version="1")
     slots = asyncio.Semaphore(max_concurrency)
@@ -154,9 +153,8 @@ def create_app(model, tokenizer, model_name: str, *, api_key: Optional[str] = No
 
 
 def parse_args(argv=None):
-    from medgpt.chat import add_model_args
 
-    parser = argparse.ArgumentParser(prog="python -m medgpt.serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="medgpt serve", description=__doc__.splitlines()[0])
     add_model_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
@@ -172,8 +170,6 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     import uvicorn
 
-    from medgpt.chat import load
-
     args = parse_args(argv)
     model, tokenizer, info = load(args)
     name = args.model_name or f"medgpt-{info.get('stage', 'model')}-{info.get('model', 'custom')}"
@@ -183,7 +179,3 @@ def main(argv=None) -> int:
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

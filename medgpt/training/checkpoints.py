@@ -14,101 +14,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from medgpt.errors import UserError
+from medgpt.runs import CHECKPOINT_RE, MARKER, TMP_PREFIX, checkpoints_of, newest_complete, problem
 
 log = logging.getLogger(__name__)
-MARKER = "checkpoint_complete.json"
-TMP_PREFIX = ".tmp-"
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-PICKLE_WEIGHTS = ("pytorch_model.bin", "adapter_model.bin")
-SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
-
-
 # ---- run folder choice (runs before any training code: Hydra resolves hydra.run.dir with it) ----
 
-def run_folder(group: str, resume: Optional[str]) -> str:
-    """The run folder for this launch. Fresh: <group>/<stamp>. resume=auto: the newest folder of the group that did
-    not complete and holds a complete checkpoint (a fresh one if there is none). resume=<run folder or checkpoint>:
-    that run's folder, so the resumed run keeps writing where it started."""
-    from medgpt.tracking import run_stamp
-
-    if not resume:
-        return str(Path(group) / run_stamp())
-    if resume == "auto":
-        if os.environ.get("MEDGPT_RUN_ID"):  # multi-node launches name their run: resume exactly that one
-            return str(Path(group) / os.environ["MEDGPT_RUN_ID"])
-        found = newest_unfinished_run(Path(group))
-        return str(found) if found else str(Path(group) / run_stamp())
-    return str(_run_of(Path(resume).expanduser()))
-
-
-def _run_of(path: Path) -> Path:
-    if CHECKPOINT_RE.match(path.name) and path.parent.name == "checkpoints":
-        return path.parent.parent
-    return path
-
-
-def newest_unfinished_run(group: Path) -> Optional[Path]:
-    if not group.is_dir():
-        return None
-    for run in sorted((p for p in group.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True):
-        if _status(run) != "completed" and newest_complete(run / "checkpoints", quiet=True):
-            return run
-    return None
-
-
-def _status(run: Path) -> Optional[str]:
-    try:
-        return json.loads((run / "metrics.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-
-
 # ---- completeness ----
-
-def problem(checkpoint: Path, allow_pickle: bool = False) -> Optional[str]:
-    """Why this checkpoint cannot be resumed from, or None if it is complete and intact."""
-    marker = checkpoint / MARKER
-    if not marker.exists():
-        return "incomplete (no completion marker: the run died while writing it)"
-    try:
-        files = json.loads(marker.read_text())["files"]
-    except (OSError, ValueError, KeyError):
-        return f"its {MARKER} is unreadable"
-    for name, size in files.items():
-        path = checkpoint / name
-        if not path.exists():
-            return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} is corrupt ({path.stat().st_size} bytes, {size} when saved)"
-    if not allow_pickle and not any(name in files for name in SAFE_WEIGHTS) \
-            and any(Path(name).name in PICKLE_WEIGHTS for name in files):
-        return "its weights are a pickle (.bin) file; set allow_pickle=true if you trust it"
-    return None
-
-
-def checkpoints_of(folder: Path) -> List[Tuple[int, Path]]:
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
-    return sorted(found)
-
-
-def newest_complete(folder: Path, allow_pickle: bool = False, quiet: bool = False) -> Optional[Path]:
-    for _step, path in reversed(checkpoints_of(folder)):
-        why = problem(path, allow_pickle)
-        if why is None:
-            return path
-        if not quiet:
-            log.warning("resume: skipping %s: %s", path, why)
-    return None
-
 
 def resume_checkpoint(resume: Optional[str], run_dir: Path, allow_pickle: bool = False) -> Optional[str]:
     """cfg.resume -> the checkpoint folder to hand to trainer.train(), or None to start from scratch.
@@ -226,19 +143,6 @@ def rotate(root: Path, limit: Optional[int], keep: Optional[str] = None) -> List
 
 
 # ---- safety: safetensors only ----
-
-def check_weights(path: str, allow_pickle: bool = False, what: str = "model.path") -> None:
-    """Refuse a local model/adapter folder whose weights exist only as pickle (.bin): unpickling can run code."""
-    folder = Path(path).expanduser()
-    if allow_pickle or not folder.is_dir():
-        return
-    names = {p.name for p in folder.iterdir()}
-    has_safe = any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names)
-    pickles = sorted(n for n in names if n.endswith(".bin") and n != "training_args.bin")
-    if pickles and not has_safe:
-        raise UserError(f"{what}={path} holds pickle weights only ({', '.join(pickles)}); loading a pickle can run "
-                        f"arbitrary code. Convert them to safetensors, or set allow_pickle=true if you trust the source")
-
 
 def check_global_batch(args) -> None:
     """A config whose global batch is zero would train on nothing (the trainer accepts it silently)."""

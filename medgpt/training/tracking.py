@@ -4,58 +4,19 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from medgpt.errors import UserError
+from medgpt.leaderboard import override_key, swept_keys
+from medgpt.runs import is_main_process, process_start
+
 log = logging.getLogger(__name__)
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY")
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def run_stamp() -> str:
-    """The run folder's time stamp. Every rank of one launch gets the same one: MEDGPT_RUN_ID when set; on several
-    nodes the rendezvous id (torchrun --rdzv_id) or the SLURM job id; on one node the start time and PID of the
-    launcher process that all local ranks share (torchrun, accelerate launch, deepspeed)."""
-    if os.environ.get("MEDGPT_RUN_ID"):
-        return os.environ["MEDGPT_RUN_ID"]
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    if world_size() > local_world:  # several nodes: no local fact is shared, the launcher's id is
-        shared = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-        if shared != "none":
-            return f"job-{shared}"
-        if os.environ.get("SLURM_JOB_ID"):
-            return f"slurm-{os.environ['SLURM_JOB_ID']}"
-        from medgpt.errors import UserError
-
-        raise UserError("a multi-node run needs one run id on every node: launch torchrun with --rdzv_id=<id> "
-                        "or set MEDGPT_RUN_ID=<id> on every node (see scripts/multinode_torchrun.sh)")
-    if "LOCAL_RANK" in os.environ:
-        started = _process_start(os.getppid())
-        if started:
-            return datetime.fromtimestamp(started).strftime("%Y-%m-%d_%H-%M-%S") + f"_p{os.getppid()}"
-    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")[:-3]
-
-
-def sweep_stamp() -> str:
-    """The multirun folder below <output_root>/multirun: <date>/<time>. Like run_stamp, every rank of one
-    torchrun launch (or every process given the same MEDGPT_RUN_ID) gets the same folder."""
-    if os.environ.get("MEDGPT_RUN_ID"):
-        return os.environ["MEDGPT_RUN_ID"]
-    started = _process_start(os.getppid()) if "LOCAL_RANK" in os.environ else None
-    return datetime.fromtimestamp(started or time.time()).strftime("%Y-%m-%d/%H-%M-%S")
 
 
 def sweep_job() -> Optional[Dict[str, Any]]:
@@ -63,8 +24,6 @@ def sweep_job() -> Optional[Dict[str, Any]]:
     short job name made from the swept ones (e.g. `3 hardware=lora lora_r=16`). None in a single run."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-
-    from medgpt.leaderboard import override_key, swept_keys
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
@@ -88,28 +47,11 @@ def default_run_name(run_dir: Path) -> str:
     return job["name"] if job else f"{run_dir.parent.name}/{run_dir.name}"
 
 
-def progress(items, desc: str, min_items: int = 2000):
-    """A progress bar over a long loop (data preparation); silent for short ones and when not on a terminal."""
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit="rec", disable=len(items) < min_items, leave=False)
-
-
-def _process_start(pid: int) -> Optional[float]:
-    try:
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
-
-
 def first_step_timer(record: dict):
     """A trainer callback that writes seconds from process start to the end of the first training step."""
     from transformers import TrainerCallback
 
-    started = _process_start(os.getpid()) or time.time()
+    started = process_start(os.getpid()) or time.time()
 
     class FirstStepTimer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -119,7 +61,7 @@ def first_step_timer(record: dict):
 
 
 def git_state() -> Dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=5).stdout.strip()
@@ -151,8 +93,6 @@ def start_logger(logger_cfg, run_dir: Path, run_name: str, config: dict) -> Dict
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
         return {"report_to": ["tensorboard"], "run_name": run_name}
     if logger_cfg.name != "wandb":
-        from medgpt.errors import UserError
-
         raise UserError(f"logger={logger_cfg.name}: use wandb, tensorboard or none")
     import wandb
 
@@ -193,12 +133,6 @@ def finish_logger(logger_cfg, exit_code: int = 0, model_dir: Optional[Path] = No
             artifact.add_dir(str(model_dir))
             wandb.log_artifact(artifact, aliases=["final"])
         wandb.finish(exit_code=exit_code)
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
-    tmp.replace(path)
 
 
 class Timer:

@@ -1,17 +1,20 @@
 """Look at the data before training on it: record counts, token-length percentiles, samples over the max length,
 the share of tokens that carry loss, and two examples rendered with their loss-bearing spans marked «like this».
 
-    python -m medgpt.data inspect data=medical_sft model=tiny
-    python -m medgpt.data inspect data=shibing624_medical_finetune model=qwen2.5-7b data.max_samples=2000
+    medgpt data inspect data=medical_sft model=tiny
+    medgpt data inspect data=shibing624_medical_finetune model=qwen2.5-7b data.max_samples=2000
 """
 from __future__ import annotations
 
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from medgpt.config import compose as compose_run
+from medgpt.data import load_data
 from medgpt.data.tokenize import IGNORE, chat_labels
 from medgpt.errors import UserError
-from medgpt.generate import prompt_ids
+from medgpt.modeling.generate import prompt_ids
+from medgpt.modeling.load import load_tokenizer
 
 PERCENTILES = (50, 90, 95, 99)
 LOSS_OPEN, LOSS_CLOSE = "«", "»"
@@ -19,7 +22,6 @@ LOSS_OPEN, LOSS_CLOSE = "«", "»"
 
 def compose(overrides: List[str]):
     """The run config `python train.py <overrides>` would build; without stage=, the data's first declared stage."""
-    from medgpt.config import compose as compose_run
 
     cfg = compose_run(overrides)
     stage_given = any(o.split("=", 1)[0].lstrip("+~") == "stage" for o in overrides)
@@ -75,8 +77,6 @@ def render(ids: List[int], labels: List[int], tokenizer) -> str:
 
 
 def inspect_data(cfg) -> Dict:
-    from medgpt.data import load_data
-    from medgpt.models import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
     train, evaluation = load_data(cfg.data, cfg.stage, seed=cfg.seed)
@@ -124,7 +124,7 @@ def report(stats: Dict) -> str:
 def main(argv: Optional[List[str]] = None) -> Dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "inspect":
-        raise SystemExit("usage: python -m medgpt.data inspect data=<name> model=<name> [stage=<name>] [data.x=...]")
+        raise SystemExit("usage: medgpt data inspect data=<name> model=<name> [stage=<name>] [data.x=...]")
     try:
         stats = inspect_data(compose(argv[1:]))
     except UserError as e:

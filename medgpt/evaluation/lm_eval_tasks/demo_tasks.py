@@ -2,12 +2,14 @@
 
     python train.py stage=eval eval.lm_eval_tasks=[medgpt_mcq_demo] data.eval_files=[]
 """
+from pathlib import Path
+
 from datasets import Dataset, DatasetDict
 
 from medgpt.config import demo_file
 from medgpt.data.formats import mcq
 from medgpt.data.loading import read_records
-from pathlib import Path
+from medgpt.evaluation.prompts import mcq_prompt
 
 
 def mcq_demo(**_):
@@ -16,7 +18,5 @@ def mcq_demo(**_):
 
 
 def doc_to_text(doc) -> str:
-    from medgpt.evaluation.prompts import mcq_prompt
-
     options = {k: v for k, v in doc["options"].items() if v is not None}
     return mcq_prompt({"question": doc["question"], "options": options}) + "\nAnswer:"

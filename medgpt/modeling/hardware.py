@@ -55,8 +55,8 @@ def check_method(hw) -> None:
 
 
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention",
-             "medgpt_varlen",  # varlen flash attention over packed rows (medgpt.attention), CUDA only
-             "s2attn")  # LongLoRA shifted sparse attention, training only (medgpt.longcontext)
+             "medgpt_varlen",  # varlen flash attention over packed rows (medgpt.modeling.attention), CUDA only
+             "s2attn")  # LongLoRA shifted sparse attention, training only (medgpt.modeling.longcontext)
 
 
 def check_attention(attn_implementation: Optional[str], device: Dict[str, bool]) -> None:
