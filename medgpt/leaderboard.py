@@ -16,11 +16,12 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 
 import yaml
 
+from medgpt import runs
+
 # train_runtime, not runtime_s: the first job of a multirun also pays the library imports in runtime_s
 METRICS = ("status", "train_loss", "final_train_loss", "eval_loss", "global_step", "train_runtime",
            "tokens_per_second", "peak_memory_mb")
 FORMATS = ("text", "md", "csv", "json")
-SKIP_DIRS = {"final", "checkpoints", "wandb", "tensorboard", ".hydra", ".submitit", "leaderboard"}
 
 
 def override_key(key: str) -> str:
@@ -38,34 +39,16 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / "metrics.json").is_file() or (path / ".hydra" / "overrides.yaml").is_file()
-
-
-def find_run_dirs(path: Path) -> List[Path]:
-    """A run folder itself, or every run folder below a multirun (or any) folder, in job-number order."""
-    if is_run_dir(path):
-        return [path]
-    if not path.is_dir():
-        return []
-    found: List[Path] = []
-    children = sorted((p for p in path.iterdir() if p.is_dir() and p.name not in SKIP_DIRS),
-                      key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
-    for child in children:
-        found += find_run_dirs(child)
-    return found
-
-
 def read_overrides(run_dir: Path) -> List[str]:
     """The override strings that made this job (Hydra writes them to .hydra/overrides.yaml)."""
-    path = run_dir / ".hydra" / "overrides.yaml"
+    path = runs.overrides_file(run_dir)
     return [str(o) for o in (yaml.safe_load(path.read_text(encoding="utf-8")) or [])] if path.is_file() else []
 
 
 def swept_keys(sweep_dir: Path) -> Set[str]:
     """Keys a multirun swept over: sweep overrides (`a=1,2`, `range(..)`) on its command line and the keys of
     hydra.sweeper.params, read from the multirun.yaml the basic sweeper writes. Empty if there is none."""
-    path = Path(sweep_dir) / "multirun.yaml"
+    path = runs.multirun_config(sweep_dir)
     if not path.is_file():
         return set()
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -89,11 +72,11 @@ def _flat(prefix: str, data: Dict[str, Any]) -> Dict[str, Any]:
 
 def load_row(run_dir: Path) -> Dict[str, Any]:
     overrides = read_overrides(run_dir)
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / runs.METRICS
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     else:
-        metrics = {"status": "incomplete", "error": "no metrics.json: the job was killed or is still running"}
+        metrics = {"status": "incomplete", "error": f"no {runs.METRICS}: the job was killed or is still running"}
     row: Dict[str, Any] = {"job": f"{run_dir.parent.name}/{run_dir.name}", "run_dir": str(run_dir),
                            "sweep": str(run_dir.parent) if run_dir.name.isdigit() else None,
                            **_flat("", metrics), "overrides": " ".join(overrides), "override_keys": [],
@@ -117,7 +100,7 @@ def load_rows(paths: Iterable[str]) -> List[Dict[str, Any]]:
         pattern = os.path.expanduser(str(pattern))
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         for match in matches:
-            for run_dir in find_run_dirs(Path(match)):
+            for run_dir in runs.find_run_dirs(Path(match)):
                 if run_dir.resolve() not in seen:
                     seen.add(run_dir.resolve())
                     rows.append(load_row(run_dir))

@@ -1,10 +1,23 @@
 """The run folder: its layout and file names, where a launch writes (run stamps shared by every rank, resume=auto),
 what a finished run leaves in final/, and which checkpoints in it can be trusted. Nothing else in medgpt names
-these files.
+these files or folders (tests/test_runs.py scans for them).
 
-    outputs/runs/<stage>-<model>-<hardware>/<stamp>/
-        config.yaml  environment.json  metrics.json  history.json  deepspeed.json
-        checkpoints/checkpoint-N/ (+ checkpoint_complete.json)   final/ (+ medgpt.json)
+    <output_root>/
+        runs/<stage>-<model>-<hardware>/<stamp>/     one launch (python train.py): a run folder
+        multirun/<date>/<time>/                      one sweep (-m): multirun.yaml, leaderboard/ (medgpt sweep)
+            <job>/                                   a run folder per job
+        pipelines/<stamp>/                           medgpt pipeline: summary.json
+            <n>-<stage>/                             a run folder per stage
+
+    a run folder:
+        config.yaml  environment.json  metrics.json  history.json  deepspeed.json  train.log
+        .hydra/overrides.yaml                        (Hydra's record of the launch)
+        checkpoints/checkpoint-N/ (+ checkpoint_complete.json; .tmp-checkpoint-N/ while written)
+        final/                                       a model folder: config.json or adapter_config.json +
+                                                     adapter_model.safetensors, tokenizer, generation_config.json,
+                                                     medgpt.json (run info)
+        tensorboard/  wandb/                         (logger=tensorboard | wandb)
+        predictions/<task>.jsonl  lm_eval/results.json  (stage=eval, eval_after_train)
 
     python -c "from medgpt.runs import run_folder; print(run_folder('outputs/runs/sft-tiny-cpu', None))"
 """
@@ -17,28 +30,53 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 from medgpt.errors import UserError
 
 log = logging.getLogger(__name__)
+PathLike = Union[str, Path]
 
-# ---- names ----
+# ---- names: below <output_root> ----
+RUNS = "runs"  # runs/<stage>-<model>-<hardware>/<stamp>/
+MULTIRUN = "multirun"  # multirun/<date>/<time>/<job>/ (hydra.sweep.dir)
+PIPELINES = "pipelines"  # pipelines/<stamp>/<n>-<stage>/
+# ---- names: in a run folder ----
 CONFIG = "config.yaml"  # the resolved run config
 ENVIRONMENT = "environment.json"  # package versions and git state
 METRICS = "metrics.json"  # status, losses, timings: written at the end, or on failure
 HISTORY = "history.json"  # the trainer's log history
 DEEPSPEED = "deepspeed.json"  # the DeepSpeed dict the trainer got
+TRAIN_LOG = "train.log"  # Hydra's job log (hydra.job.name=train in conf/train.yaml)
+HYDRA = ".hydra"  # Hydra's record of the launch
+OVERRIDES = "overrides.yaml"  # in .hydra/: the overrides that made this run (a sweep's job)
+SUBMITIT = ".submitit"  # hydra/launcher=slurm's job files
 CHECKPOINTS = "checkpoints"
 FINAL = "final"  # the trained model (full weights or an adapter) + tokenizer + RUN_INFO
-RUN_INFO = "medgpt.json"  # in final/: template, base model, adapter or not, trust_remote_code, quantization
+TENSORBOARD = "tensorboard"  # logger=tensorboard's event files
+WANDB = "wandb"  # logger=wandb: W&B's own folder (wandb.init(dir=<run folder>))
+PREDICTIONS = "predictions"  # stage=eval / eval_after_train: <task>.jsonl per scored file
+LM_EVAL = "lm_eval"  # eval.lm_eval_tasks: LM_EVAL_RESULTS
+LM_EVAL_RESULTS = "results.json"
+# ---- names: in a sweep folder and a pipeline folder ----
+MULTIRUN_CONFIG = "multirun.yaml"  # the basic sweeper's record of the sweep
+LEADERBOARD = "leaderboard"  # medgpt sweep's tables and plots
+PIPELINE_SUMMARY = "summary.json"  # every stage's metrics
+# ---- names: in final/ (a model folder: the libraries' names + RUN_INFO) ----
+RUN_INFO = "medgpt.json"  # template, base model, adapter or not, trust_remote_code, quantization
 EXTENDED_VOCAB = "extended_vocab"  # RUN_INFO key of a model saved by medgpt.modeling.vocab
-ADAPTER_FILE = "adapter_config.json"
-MARKER = "checkpoint_complete.json"  # in a checkpoint: the size of every file, written last
+MODEL_CONFIG = "config.json"  # a full model's transformers config
+GENERATION_CONFIG = "generation_config.json"
+ADAPTER_FILE = "adapter_config.json"  # a LoRA adapter's peft config
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TRAINING_ARGS = "training_args.bin"  # the trainer's pickle of its args: not kept in final/ (CONFIG records them)
+# ---- names: in a checkpoint ----
+MARKER = "checkpoint_complete.json"  # the size of every file, written last
 TMP_PREFIX = ".tmp-"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "adapter_model.bin")
-SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", ADAPTER_WEIGHTS)
+NOT_RUNS = frozenset({FINAL, CHECKPOINTS, WANDB, TENSORBOARD, HYDRA, SUBMITIT, LEADERBOARD})  # never a run folder
 
 
 # ---- ranks and run stamps (runs before any training code: Hydra resolves hydra.run.dir with them) ----
@@ -94,6 +132,28 @@ def process_start(pid: int) -> Optional[float]:
 
 # ---- which folder a launch writes to ----
 
+def run_group(output_root: PathLike, stage: str, model: str, hardware: str) -> Path:
+    """<output_root>/runs/<stage>-<model>-<hardware>: where the runs of one combination go (conf/train.yaml's
+    hydra.run.dir spells the same folder for Hydra)."""
+    return Path(output_root) / RUNS / f"{stage}-{model}-{hardware}"
+
+
+def pipeline_folder(output_root: PathLike) -> Path:
+    return Path(output_root) / PIPELINES / run_stamp()
+
+
+def pipeline_step(pipeline: Path, number: int, stage: str) -> Path:
+    """The run folder of a pipeline's stage: <pipeline>/<n>-<stage>."""
+    return pipeline / f"{number}-{stage}"
+
+
+def sweep_name(sweep_dir: Path) -> str:
+    """<output_root>/multirun/<date>/<time> -> "<date>/<time>" (a sweep folder elsewhere: its own name)."""
+    parts = sweep_dir.parts
+    below = parts[len(parts) - parts[::-1].index(MULTIRUN):] if MULTIRUN in parts else ()
+    return "/".join(below) or sweep_dir.name
+
+
 def run_folder(group: str, resume: Optional[str]) -> str:
     """The run folder for this launch. Fresh: <group>/<stamp>. resume=auto: the newest folder of the group that did
     not complete and holds a complete checkpoint (a fresh one if there is none). resume=<run folder or checkpoint>:
@@ -130,7 +190,36 @@ def _status(run: Path) -> Optional[str]:
         return None
 
 
-# ---- files in it ----
+# ---- finding run folders (leaderboards read them) ----
+
+def is_run_dir(path: Path) -> bool:
+    """A run that ended (METRICS) or a sweep's job that started (Hydra's OVERRIDES)."""
+    return (path / METRICS).is_file() or overrides_file(path).is_file()
+
+
+def find_run_dirs(path: Path) -> List[Path]:
+    """A run folder itself, or every run folder below a multirun (or any) folder, in job-number order."""
+    if is_run_dir(path):
+        return [path]
+    if not path.is_dir():
+        return []
+    found: List[Path] = []
+    children = sorted((p for p in path.iterdir() if p.is_dir() and p.name not in NOT_RUNS),
+                      key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    for child in children:
+        found += find_run_dirs(child)
+    return found
+
+
+def overrides_file(run_dir: Path) -> Path:
+    return run_dir / HYDRA / OVERRIDES
+
+
+def multirun_config(sweep_dir: PathLike) -> Path:
+    return Path(sweep_dir) / MULTIRUN_CONFIG
+
+
+# ---- files in a run folder ----
 
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
@@ -138,17 +227,71 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def adapter_base(path: str) -> Optional[str]:
+def log_history(run_dir: PathLike) -> List[dict]:
+    """The trainer's log history (HISTORY), empty when the run wrote none."""
+    path = Path(run_dir) / HISTORY
+    if not path.is_file():
+        return []
+    return json.loads(path.read_text(encoding="utf-8")).get("log_history", [])
+
+
+def predictions_file(run_dir: PathLike, task: str) -> Path:
+    return Path(run_dir) / PREDICTIONS / f"{task}.jsonl"
+
+
+def lm_eval_results(run_dir: PathLike) -> Path:
+    return Path(run_dir) / LM_EVAL / LM_EVAL_RESULTS
+
+
+def final_of(run_dir: PathLike) -> Path:
+    """Where a run saves its trained model."""
+    return Path(run_dir) / FINAL
+
+
+# ---- final/ and other model folders ----
+
+def final_if_run(folder: Path) -> Optional[Path]:
+    """A run folder's final/ (the folder holds no model of its own but a final/), else None."""
+    if folder.is_dir() and not (folder / MODEL_CONFIG).exists() and final_of(folder).is_dir():
+        return final_of(folder)
+    return None
+
+
+def holds_model(folder: Path) -> bool:
+    """Full weights (MODEL_CONFIG) or a LoRA adapter (ADAPTER_FILE)."""
+    return any((folder / name).exists() for name in (MODEL_CONFIG, ADAPTER_FILE))
+
+
+def is_adapter(folder: PathLike) -> bool:
+    return (Path(folder) / ADAPTER_FILE).exists()
+
+
+def adapter_config(folder: PathLike) -> Optional[dict]:
+    """A LoRA adapter's peft config, or None if the folder holds full weights."""
+    config = Path(folder) / ADAPTER_FILE
+    return json.loads(config.read_text()) if config.exists() else None
+
+
+def adapter_base(path: PathLike) -> Optional[str]:
     """The base model of a LoRA adapter folder, or None if the folder holds full weights."""
-    config = Path(path) / ADAPTER_FILE
-    if not config.exists():
-        return None
-    return json.loads(config.read_text())["base_model_name_or_path"]
+    config = adapter_config(path)
+    return None if config is None else config["base_model_name_or_path"]
 
 
-def run_info(path: str) -> dict:
+def model_architectures(folder: PathLike) -> List[str]:
+    """The architectures a full model's MODEL_CONFIG names (e.g. Qwen2ForSequenceClassification), else []."""
+    config = Path(folder) / MODEL_CONFIG
+    return (json.loads(config.read_text()).get("architectures") or []) if config.exists() else []
+
+
+def run_info(path: PathLike) -> dict:
+    """What medgpt recorded about the model in a folder (RUN_INFO), {} for a model it did not save."""
     info = Path(path) / RUN_INFO
-    return json.loads(info.read_text()) if info.exists() else {}
+    return json.loads(info.read_text(encoding="utf-8")) if info.exists() else {}
+
+
+def write_run_info(folder: PathLike, info: dict) -> None:
+    write_json(Path(folder) / RUN_INFO, info)
 
 
 # ---- checkpoints: which can be resumed from ----
@@ -198,7 +341,7 @@ def check_weights(path: str, allow_pickle: bool = False, what: str = "model.path
         return
     names = {p.name for p in folder.iterdir()}
     has_safe = any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names)
-    pickles = sorted(n for n in names if n.endswith(".bin") and n != "training_args.bin")
+    pickles = sorted(n for n in names if n.endswith(".bin") and n != TRAINING_ARGS)
     if pickles and not has_safe:
         raise UserError(f"{what}={path} holds pickle weights only ({', '.join(pickles)}); loading a pickle can run "
                         f"arbitrary code. Convert them to safetensors, or set allow_pickle=true if you trust the source")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict
 
 from medgpt.errors import UserError
+from medgpt.runs import lm_eval_results
 
 TASKS = Path(__file__).resolve().parent / "lm_eval_tasks"
 
@@ -45,9 +46,9 @@ def run_lm_eval(cfg, model, tokenizer, run_dir: Path) -> Dict[str, float]:
                               num_fewshot=cfg.eval.few_shot or None, limit=cfg.eval.lm_eval_limit,
                               apply_chat_template=True, random_seed=cfg.seed, numpy_random_seed=cfg.seed,
                               torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed)
-    out_dir = run_dir / "lm_eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results["results"], indent=1, default=str), encoding="utf-8")
+    out_file = lm_eval_results(run_dir)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps(results["results"], indent=1, default=str), encoding="utf-8")
     return {f"lm_eval/{task}/{key.split(',')[0]}": value for task, scores in results["results"].items()
             for key, value in scores.items()
             if isinstance(value, (int, float)) and "stderr" not in key and key != "alias"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Dict
 
 from medgpt.leaderboard import format_table
+from medgpt.runs import PREDICTIONS
 
 SUMMARY_COLUMNS = ["task", "kind", "n", "accuracy", "margin", "exact_match", "f1", "rouge_l", "judge", "perplexity",
                    "acc", "acc_norm"]  # acc*: lm-evaluation-harness tasks
@@ -31,7 +32,7 @@ def summary(metrics: Dict) -> str:
 def publish(metrics: Dict, run_dir) -> None:
     """W&B (under eval/) and the summary table on stdout."""
     log_wandb(metrics)
-    print(f"\n{summary(metrics)}\npredictions  {run_dir}/predictions/<file>.jsonl", flush=True)
+    print(f"\n{summary(metrics)}\npredictions  {run_dir}/{PREDICTIONS}/<file>.jsonl", flush=True)
 
 
 def _fmt(value) -> str:

@@ -29,6 +29,7 @@ from medgpt.evaluation.judge import judge_all
 from medgpt.evaluation.report import publish
 from medgpt.modeling.load import load_for_inference, resolve_path
 from medgpt.modeling.templates import end_of_turn
+from medgpt.runs import predictions_file
 
 log = logging.getLogger(__name__)
 EVAL_FORMATS = sorted(name for name, f in FORMATS.items() if f.kind != "unpaired")
@@ -77,7 +78,7 @@ def evaluate(cfg, run_dir: Path, model, tokenizer, tasks: List[Task], reference:
         examples, scores = SCORERS[task.kind](ctx, task)
         results[task.name] = {"kind": task.kind, "n": len(task.rows), **scores}
         if cfg.eval.predictions:
-            _write_jsonl(Path(run_dir) / "predictions" / f"{task.name}.jsonl", examples)
+            _write_jsonl(predictions_file(run_dir, task.name), examples)
     flat = {f"{name}/{key}": value for name, res in results.items() for key, value in res.items()}
     flat.update(aggregate(list(results.values())))
     if cfg.eval.lm_eval_tasks:

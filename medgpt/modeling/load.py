@@ -16,18 +16,22 @@ from medgpt.modeling.attention import register
 from medgpt.modeling.hardware import check_attention, device_info, quantization_config
 from medgpt.modeling.templates import end_of_turn, load_template, stop_tokens
 from medgpt.modeling.tiny import tiny_path
-from medgpt.runs import ADAPTER_FILE, EXTENDED_VOCAB, RUN_INFO, adapter_base, check_weights, run_info
+from medgpt.runs import (ADAPTER_FILE, EXTENDED_VOCAB, GENERATION_CONFIG, MODEL_CONFIG, adapter_base,
+                         check_weights, final_if_run, holds_model, run_info)
 
 log = logging.getLogger(__name__)
+
+
 def resolve_path(path: str, tiny: Optional[dict] = None) -> str:
     """'tiny' -> the cached embedded model; a run folder -> its final/; anything else as given (hub id or folder)."""
     if path == "tiny":
         return str(tiny_path(**(tiny or {})))
     p = Path(path).expanduser()
-    if p.is_dir() and not (p / "config.json").exists() and (p / "final").is_dir():
-        return str(p / "final")
-    if p.exists() and p.is_dir() and not any((p / f).exists() for f in ("config.json", ADAPTER_FILE)):
-        raise UserError(f"model.path={path} is a folder but holds no model (no config.json or {ADAPTER_FILE}); "
+    final = final_if_run(p)
+    if final:
+        return str(final)
+    if p.exists() and p.is_dir() and not holds_model(p):
+        raise UserError(f"model.path={path} is a folder but holds no model (no {MODEL_CONFIG} or {ADAPTER_FILE}); "
                         f"point it at a run's final/ folder or a model folder")
     if not p.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise UserError(f"model.path={path}: no such folder")
@@ -126,10 +130,9 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
 def trainable_embeddings(path: str) -> Optional[List[str]]:
     """For a model saved by `extend`: the modules LoRA must train fully (modules_to_save), else None."""
     folder = Path(path)
-    info = folder / RUN_INFO
-    if not info.exists() or EXTENDED_VOCAB not in json.loads(info.read_text(encoding="utf-8")):
+    if EXTENDED_VOCAB not in run_info(folder):
         return None
-    tied = json.loads((folder / "config.json").read_text()).get("tie_word_embeddings", False)
+    tied = json.loads((folder / MODEL_CONFIG).read_text()).get("tie_word_embeddings", False)
     return ["embed_tokens"] if tied else ["embed_tokens", "lm_head"]
 
 
@@ -255,7 +258,7 @@ def load_for_inference(path: str, *, device_map=None, dtype=None, quantization: 
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a model from {base or path} "
                         f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if (Path(path) / "generation_config.json").exists():  # an adapter's base has its own: final/'s wins
+    if (Path(path) / GENERATION_CONFIG).exists():  # an adapter's base has its own: final/'s wins
         model.generation_config = GenerationConfig.from_pretrained(path)
     if template:
         set_generation_defaults(model, tokenizer, template)

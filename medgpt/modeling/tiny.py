@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from medgpt.modeling.templates import END_OF_TURN, load_template
+from medgpt.runs import RUN_INFO, write_run_info
 
 DEMO = Path(__file__).resolve().parents[1] / "demo_data"
 BUILD_VERSION = 1  # bump when the build below changes
@@ -75,7 +76,7 @@ def build_tiny(out_dir: Path, texts=None, **overrides) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "medgpt.json").write_text(json.dumps({"template": shape["template"], "tiny": shape}, indent=1))
+    write_run_info(out_dir, {"template": shape["template"], "tiny": shape})
     return out_dir
 
 
@@ -85,7 +86,7 @@ def tiny_path(**overrides) -> Path:
     texts = corpus()
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
     final = cache_root() / "tiny" / _key(shape, digest)
-    if (final / "medgpt.json").exists():
+    if (final / RUN_INFO).exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".building-"))

@@ -22,7 +22,7 @@ from typing import Dict, Iterable, List
 
 from medgpt.errors import UserError
 from medgpt.modeling.load import resolve_path
-from medgpt.runs import EXTENDED_VOCAB, RUN_INFO, run_info
+from medgpt.runs import EXTENDED_VOCAB, run_info, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def extend(corpus: str, base: str, output: str, vocab_size: int) -> Dict[str, fl
               "tokens_per_text_before": round(tokens_per_text(tokenizer, texts), 2),
               "tokens_per_text_after": round(tokens_per_text(extended, texts), 2)}
     info = {**run_info(path), EXTENDED_VOCAB: report}
-    (out / RUN_INFO).write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_run_info(out, info)
     return report
 
 

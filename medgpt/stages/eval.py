@@ -7,15 +7,12 @@ metrics.json (mcq_accuracy, qa_f1, perplexity, pref_accuracy, <file>/<metric>, .
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from medgpt.errors import UserError
 from medgpt.evaluation.tasks import evaluate, load_tasks
 from medgpt.evaluation.harness import require_lm_eval
 from medgpt.evaluation.report import publish
 from medgpt.modeling.load import resolve_path
-from medgpt.runs import adapter_base, run_info
+from medgpt.runs import adapter_base, adapter_config, model_architectures, run_info
 
 MODEL_KIND = "causal"
 
@@ -39,14 +36,12 @@ def load(cfg):
 def model_kind(cfg) -> str:
     """reward for a reward model (stage=rm output, full or LoRA), else causal."""
 
-    path = Path(resolve_path(cfg.model.path, cfg.model.tiny))
-    adapter, config = path / "adapter_config.json", path / "config.json"
-    if adapter.exists():
-        return "reward" if json.loads(adapter.read_text()).get("task_type") == "SEQ_CLS" else "causal"
-    if config.exists():
-        architectures = json.loads(config.read_text()).get("architectures") or []
-        return "reward" if any(a.endswith("ForSequenceClassification") for a in architectures) else "causal"
-    return "causal"
+    path = resolve_path(cfg.model.path, cfg.model.tiny)
+    adapter = adapter_config(path)
+    if adapter is not None:
+        return "reward" if adapter.get("task_type") == "SEQ_CLS" else "causal"
+    architectures = model_architectures(path)
+    return "reward" if any(a.endswith("ForSequenceClassification") for a in architectures) else "causal"
 
 
 def run(cfg, run_dir, model, tokenizer, tasks):

@@ -11,7 +11,6 @@ An extended vocabulary (embeddings saved with the adapter) keeps its size.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -21,7 +20,7 @@ from typing import Optional
 from medgpt.errors import UserError, command
 from medgpt.modeling.hardware import quantization_config
 from medgpt.modeling.load import resolve_path
-from medgpt.runs import RUN_INFO, adapter_base, run_info
+from medgpt.runs import ADAPTER_WEIGHTS, GENERATION_CONFIG, adapter_base, run_info, write_run_info
 
 log = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -29,7 +28,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 def adapter_vocab_rows(adapter_dir: Path) -> Optional[int]:
     """Rows of the embedding/head saved with the adapter (modules_to_save), i.e. the trained vocabulary size."""
-    weights = adapter_dir / "adapter_model.safetensors"
+    weights = adapter_dir / ADAPTER_WEIGHTS
     if not weights.exists():
         return None
     from safetensors import safe_open
@@ -88,11 +87,11 @@ def merge(final: str, output: str, dtype: str = "auto", quantization: Optional[s
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    if (path / "generation_config.json").exists():
-        shutil.copy(path / "generation_config.json", out / "generation_config.json")
-    (out / RUN_INFO).write_text(json.dumps({
+    if (path / GENERATION_CONFIG).exists():
+        shutil.copy(path / GENERATION_CONFIG, out / GENERATION_CONFIG)
+    write_run_info(out, {
         **info, "adapter": False, "base_model": None, "merged_from": str(path), "merged_into": base,
-        "quantization": None, "dequantized_from": quantization, "vocab_rows": rows}, indent=1), encoding="utf-8")
+        "quantization": None, "dequantized_from": quantization, "vocab_rows": rows})
     return out
 
 

@@ -80,12 +80,12 @@ def run_pipeline(stages: Sequence[str], overrides: Sequence[str] = (), root: Opt
     per_stage = split_overrides(stages, overrides)
     # compose every stage first: a typo in the last stage fails before the first one trains
     configs = [compose(stage_overrides(s, per_stage[s], None, None)) for s in stages]
-    root = root or Path(configs[0].output_root) / "pipelines" / runs.run_stamp()
+    root = root or runs.pipeline_folder(configs[0].output_root)
     results: List[dict] = []
     policy, reward_model = None, None
     for n, s in enumerate(stages, 1):
         cfg = compose(stage_overrides(s, per_stage[s], policy, reward_model))
-        run_dir = root / f"{n}-{s}"
+        run_dir = runs.pipeline_step(root, n, s)
         run_dir.mkdir(parents=True, exist_ok=True)
         log.info("pipeline %d/%d: stage=%s from %s", n, len(stages), s, cfg.model.path)
         try:
@@ -96,12 +96,12 @@ def run_pipeline(stages: Sequence[str], overrides: Sequence[str] = (), root: Opt
             break
         metrics["model_path"] = cfg.model.path
         results.append(metrics)
-        final = str(run_dir / "final")
+        final = str(runs.final_of(run_dir))
         if s in REWARD_STAGES:
             reward_model = final
         else:
             policy = final
-    runs.write_json(root / "summary.json", {"stages": list(stages), "results": results})
+    runs.write_json(root / runs.PIPELINE_SUMMARY, {"stages": list(stages), "results": results})
     print(summary_table(results, root), flush=True)
     return results
 
@@ -109,10 +109,7 @@ def run_pipeline(stages: Sequence[str], overrides: Sequence[str] = (), root: Opt
 def key_metric(run_dir: str, metrics: dict):
     """The stage's telling number: eval accuracy (rm), reward margin (dpo), mean reward (grpo/ppo), else eval loss;
     from metrics.json, else the last logged value."""
-    import json
-
-    history = Path(run_dir) / "history.json"
-    rows = json.loads(history.read_text())["log_history"] if history.exists() else []
+    rows = runs.log_history(run_dir)
     for key in KEY_METRICS:
         if isinstance(metrics.get(key), (int, float)):
             return key, float(metrics[key])
@@ -130,7 +127,8 @@ def summary_table(results: List[dict], root: Path) -> str:
         metric = f"{name}={value:.4f}" if value is not None else m.get("error", "")[:60]
         loss, runtime = _fmt(m.get("train_loss"), 4), _fmt(m.get("runtime_s"), 1)
         source = str(m.get("model_path", ""))
-        source = Path(source).parent.name if source.endswith("final") else source  # "<n>-<stage>" of this pipeline
+        if source.endswith(runs.FINAL):  # "<n>-<stage>" of this pipeline
+            source = Path(source).parent.name
         lines.append(f"{n:<3}{m['stage']:<8}{m.get('status', '?'):<11}{m.get('global_step', ''):>6}{loss:>12}  "
                      f"{metric:<24}{runtime:>10}  {source}")
     lines.append("=" * len(header))

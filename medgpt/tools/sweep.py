@@ -8,7 +8,6 @@ against each swept parameter. Reads run folders only (never imports training cod
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from medgpt.leaderboard import FORMATS, format_table, load_rows, varying_overrides
+from medgpt.runs import LEADERBOARD, log_history
 
 SUFFIX = {"text": "txt", "md": "md", "csv": "csv", "json": "json"}
 
@@ -31,13 +31,6 @@ def job_label(row: Dict[str, Any], keys: List[str]) -> str:
     return " ".join([row["job"].rsplit("/", 1)[-1]] + [f"{k.rsplit('.', 1)[-1]}={row.get(k)}" for k in keys])
 
 
-def read_history(run_dir: str) -> List[dict]:
-    path = Path(run_dir) / "history.json"
-    if not path.is_file():
-        return []
-    return json.loads(path.read_text(encoding="utf-8")).get("log_history", [])
-
-
 def plot_loss_curves(rows, keys, path: Path) -> Optional[Path]:
     """Training loss (solid) and eval loss (dashed, same colour) of every job against the step."""
     import matplotlib.pyplot as plt
@@ -45,7 +38,7 @@ def plot_loss_curves(rows, keys, path: Path) -> Optional[Path]:
     fig, ax = plt.subplots(figsize=(9, 5.5))
     drawn = 0
     for i, row in enumerate(rows):
-        history = read_history(row["run_dir"])
+        history = log_history(row["run_dir"])
         for key, style in (("loss", "-"), ("eval_loss", "--")):
             points = [(h["step"], h[key]) for h in history if isinstance(h.get(key), (int, float)) and "step" in h]
             if points:
@@ -138,7 +131,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     columns = args.columns.split(",") if args.columns else None
     print(format_table(rows, columns, sort, args.format), end="")
     single = len(args.paths) == 1 and Path(args.paths[0]).is_dir()
-    out = Path(args.out) if args.out else (Path(args.paths[0]) / "leaderboard" if single else Path("leaderboard"))
+    out = Path(args.out) if args.out else (Path(args.paths[0]) / LEADERBOARD if single else Path(LEADERBOARD))
     written = write_outputs(rows, out, metric, sort, columns, not args.no_plots)
     failed = sum(r.get("status") != "completed" for r in rows)
     print(f"\n{len(rows)} job(s), {failed} not completed; sorted by {sort or 'job'}; wrote "

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from medgpt.errors import UserError
-from medgpt.runs import CHECKPOINT_RE, MARKER, TMP_PREFIX, checkpoints_of, newest_complete, problem
+from medgpt.runs import CHECKPOINT_RE, CHECKPOINTS, MARKER, TMP_PREFIX, checkpoints_of, newest_complete, problem
 
 log = logging.getLogger(__name__)
 # ---- run folder choice (runs before any training code: Hydra resolves hydra.run.dir with it) ----
@@ -33,9 +33,9 @@ def resume_checkpoint(resume: Optional[str], run_dir: Path, allow_pickle: bool =
     if not resume:
         return None
     if resume == "auto":
-        found = newest_complete(run_dir / "checkpoints", allow_pickle)
+        found = newest_complete(run_dir / CHECKPOINTS, allow_pickle)
         if found is None:
-            log.warning("resume=auto: no complete checkpoint in %s; starting from scratch", run_dir / "checkpoints")
+            log.warning("resume=auto: no complete checkpoint in %s; starting from scratch", run_dir / CHECKPOINTS)
             return None
         log.warning("resume=auto: resuming from %s", found)
         return str(found)
@@ -50,9 +50,9 @@ def resume_checkpoint(resume: Optional[str], run_dir: Path, allow_pickle: bool =
             raise UserError(f"resume={resume}: cannot resume from this checkpoint: {why}. "
                             + (f"The newest complete one is {newest}" if newest else "No complete checkpoint is left"))
         return str(path)
-    found = newest_complete(path / "checkpoints", allow_pickle)
+    found = newest_complete(path / CHECKPOINTS, allow_pickle)
     if found is None:
-        raise UserError(f"resume={resume}: no complete checkpoint in {path / 'checkpoints'}; "
+        raise UserError(f"resume={resume}: no complete checkpoint in {path / CHECKPOINTS}; "
                         f"start a fresh run (drop resume=)")
     log.warning("resume: resuming from %s", found)
     return str(found)

@@ -19,7 +19,7 @@ from typing import Any, List, Optional
 from medgpt.config import import_object
 from medgpt.errors import UserError
 from medgpt.modeling.load import resolve_path
-from medgpt.runs import ADAPTER_FILE, adapter_base, run_info
+from medgpt.runs import adapter_base, adapter_config, model_architectures, run_info
 
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 THINK_ANSWER = re.compile(r"^\s*<think>.+?</think>\s*<answer>.+?</answer>\s*$", re.DOTALL)
@@ -114,7 +114,6 @@ def load_reward_model(path: str):
 
 def check_reward_model(path: Optional[str], what: str = "stage.reward_model") -> str:
     """The resolved final/ of a reward model run, or a UserError saying what to pass (no model is loaded)."""
-    import json
     from pathlib import Path
 
     if not path:
@@ -124,11 +123,11 @@ def check_reward_model(path: Optional[str], what: str = "stage.reward_model") ->
     if not Path(resolved).is_dir():
         raise UserError(f"{what}={path}: no such folder; give the run folder or final/ of a stage=rm run")
     info = run_info(resolved)
-    config = Path(resolved) / "config.json"
-    architectures = json.loads(config.read_text()).get("architectures") or [] if config.exists() else []
+    architectures = model_architectures(resolved)
     is_reward = info.get("stage") == "rm" or any(a.endswith("ForSequenceClassification") for a in architectures)
-    if (Path(resolved) / ADAPTER_FILE).exists():
-        is_reward = is_reward or json.loads((Path(resolved) / ADAPTER_FILE).read_text()).get("task_type") == "SEQ_CLS"
+    adapter = adapter_config(resolved)
+    if adapter is not None:
+        is_reward = is_reward or adapter.get("task_type") == "SEQ_CLS"
     if not is_reward:
         raise UserError(f"{what}={path} is not a reward model (stage={info.get('stage', '?')}, "
                         f"architectures={architectures}); give the output of a stage=rm run")

@@ -36,7 +36,7 @@ def run_dir_of(cfg: DictConfig) -> Path:
 
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
-    group = Path(cfg.output_root) / "runs" / f"{cfg.stage.name}-{cfg.model.name}-{cfg.hardware.name}"
+    group = runs.run_group(cfg.output_root, cfg.stage.name, cfg.model.name, cfg.hardware.name)
     return Path(runs.run_folder(str(group), cfg.resume))
 
 
@@ -76,7 +76,7 @@ def main(cfg: DictConfig) -> Optional[float]:
 def _record_failure(run_dir: Path, cfg, timer, message: str, tb: str = "", user_error: bool = False) -> None:
     log.error("run failed: %s%s", message, "\n" + tb if tb else "")
     if runs.is_main_process():
-        runs.write_json(run_dir / "metrics.json", {
+        runs.write_json(run_dir / runs.METRICS, {
             "status": "failed", "error": message, "user_error": user_error, "stage": cfg.stage.name,
             "model": cfg.model.name, "hardware": cfg.hardware.name, "runtime_s": timer.elapsed()})
     tracking.finish_logger(cfg.logger, exit_code=1)
@@ -118,14 +118,14 @@ def trainer_args(cfg: DictConfig, config_class, run_dir: Path, logger_args: dict
         "gradient_checkpointing": cfg.hardware.gradient_checkpointing,
         "deepspeed": deepspeed,
         "seed": cfg.seed, "data_seed": cfg.seed,
-        "output_dir": str(run_dir / "checkpoints"),
-        "logging_dir": str(run_dir / "tensorboard"),
+        "output_dir": str(run_dir / runs.CHECKPOINTS),
+        "logging_dir": str(run_dir / runs.TENSORBOARD),
         "include_num_input_tokens_seen": "non_padding",
         **dict(cfg.hardware.args),
         **logger_args,
     }
     if derived["deepspeed"] is not None and runs.is_main_process():
-        runs.write_json(run_dir / "deepspeed.json", derived["deepspeed"])
+        runs.write_json(run_dir / runs.DEEPSPEED, derived["deepspeed"])
     user_set = set(cfg.stage.args.keys())
     kwargs = {k: v for k, v in derived.items() if k not in user_set}
     known = {f for f in config_class.__dataclass_fields__}
@@ -156,12 +156,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     resume_from = checkpoints.resume_checkpoint(cfg.resume, run_dir, cfg.allow_pickle) if trains else None
     hardware.check_hardware(cfg)
     resolved = to_container(cfg)
-    changed = checkpoints.config_changes(run_dir / "config.yaml", resolved) if resume_from else []
+    changed = checkpoints.config_changes(run_dir / runs.CONFIG, resolved) if resume_from else []
     if changed:
         log.warning("resuming with a config that differs from the run's first launch in: %s", ", ".join(changed))
     if runs.is_main_process():
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), encoding="utf-8")
-        runs.write_json(run_dir / "environment.json", {"versions": tracking.versions(), **tracking.git_state()})
+        (run_dir / runs.CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), encoding="utf-8")
+        runs.write_json(run_dir / runs.ENVIRONMENT, {"versions": tracking.versions(), **tracking.git_state()})
     transformers.set_seed(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -184,7 +184,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                                   train_dataset=train_dataset, eval_dataset=eval_dataset,
                                   callbacks=[tracking.first_step_timer(timings)])
     checkpoints.make_atomic(trainer)
-    nonfinite = guard.install(trainer, cfg.guard, run_dir / "checkpoints")
+    nonfinite = guard.install(trainer, cfg.guard, run_dir / runs.CHECKPOINTS)
     result = trainer.train(resume_from_checkpoint=resume_from)
 
     metrics: Dict[str, Any] = {"status": "completed", "stage": cfg.stage.name, "model": cfg.model.name,
@@ -193,15 +193,15 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     metrics.update(nonfinite.report())
     if eval_dataset is not None:
         metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
-    final = run_dir / "final"
+    final = runs.final_of(run_dir)
     trainer.save_model(str(final))
     if runs.is_main_process():
         _save_final_extras(final, cfg, trainer.model, tokenizer, set_generation_defaults)
         if eval_tasks is not None:
             metrics.update(evaluate_after_train(cfg, run_dir, trainer.model, tokenizer, eval_tasks))
         metrics["runtime_s"] = timer.elapsed()
-        runs.write_json(run_dir / "history.json", {"log_history": trainer.state.log_history})
-        runs.write_json(run_dir / "metrics.json", metrics)
+        runs.write_json(run_dir / runs.HISTORY, {"log_history": trainer.state.log_history})
+        runs.write_json(run_dir / runs.METRICS, metrics)
         _print_summary(run_dir, metrics, cfg.logger.name)
     tracking.finish_logger(cfg.logger, model_dir=final)
     return metrics
@@ -229,7 +229,7 @@ def run_without_trainer(cfg: DictConfig, run_dir: Path, stage, tokenizer, resolv
     metrics.update(stage.run(cfg, run_dir, model, tokenizer, records))
     metrics["runtime_s"] = timer.elapsed()
     if runs.is_main_process():
-        runs.write_json(run_dir / "metrics.json", metrics)
+        runs.write_json(run_dir / runs.METRICS, metrics)
     tracking.finish_logger(cfg.logger)
     return metrics
 
@@ -262,16 +262,16 @@ def _train_metrics(trainer, result) -> Dict[str, Any]:
 def _save_final_extras(final: Path, cfg, model, tokenizer, set_generation_defaults) -> None:
 
     tokenizer.save_pretrained(final)
-    (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's config.yaml records the args
+    (final / runs.TRAINING_ARGS).unlink(missing_ok=True)  # a pickle; the run's config.yaml records the args
     base_model = getattr(model, "get_base_model", lambda: model)()
     if hasattr(base_model, "generation_config") and base_model.generation_config is not None:
         set_generation_defaults(base_model, tokenizer, cfg.model.template)
         base_model.generation_config.save_pretrained(final)
     source = resolve_path(cfg.model.path, cfg.model.tiny)
-    runs.write_json(final / runs.RUN_INFO, {
+    runs.write_run_info(final, {
         "template": cfg.model.template, "stage": cfg.stage.name, "model": cfg.model.name,
         "base_model": runs.adapter_base(str(final)), "source": runs.adapter_base(source) or source,
-        "adapter": (final / "adapter_config.json").exists(), "trust_remote_code": cfg.model.trust_remote_code,
+        "adapter": runs.is_adapter(final), "trust_remote_code": cfg.model.trust_remote_code,
         "quantization": cfg.hardware.quantization})
 
 
@@ -291,6 +291,6 @@ def _print_summary(run_dir: Path, metrics: Dict[str, Any], logger: str = "none")
         if not where.startswith("http"):  # offline: the folder to upload later
             lines.append(f"{'':<17} upload: wandb sync {Path(where).parent}")
     elif logger == "tensorboard":
-        lines.append(f"{'tensorboard':<17} tensorboard --logdir {run_dir / 'tensorboard'}")
+        lines.append(f"{'tensorboard':<17} tensorboard --logdir {run_dir / runs.TENSORBOARD}")
     lines.append(f"{'chat':<17} medgpt chat {run_dir}")
     print("\n".join(["", "=" * 72, *lines, "=" * 72]), flush=True)

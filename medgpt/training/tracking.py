@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 
 from medgpt.errors import UserError
 from medgpt.leaderboard import override_key, swept_keys
-from medgpt.runs import is_main_process, process_start
+from medgpt.runs import TENSORBOARD, is_main_process, process_start, sweep_name
 
 log = logging.getLogger(__name__)
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY")
@@ -34,11 +34,8 @@ def sweep_job() -> Optional[Dict[str, Any]]:
     shown = [o for o in overrides if override_key(o.split("=", 1)[0]) in swept] or overrides
     name = " ".join([str(hc.job.num)] + [f"{override_key(o.split('=', 1)[0]).rsplit('.', 1)[-1]}={o.split('=', 1)[1]}"
                                           for o in shown if "=" in o])
-    parts = sweep_dir.parts  # <output_root>/multirun/<date>/<time> -> group "<date>/<time>"
-    below = parts[len(parts) - parts[::-1].index("multirun"):] if "multirun" in parts else ()
-    group = "/".join(below) or sweep_dir.name
-    return {"sweep_dir": str(sweep_dir), "group": group, "job_num": hc.job.num, "overrides": overrides,
-            "name": name}
+    return {"sweep_dir": str(sweep_dir), "group": sweep_name(sweep_dir), "job_num": hc.job.num,
+            "overrides": overrides, "name": name}
 
 
 def default_run_name(run_dir: Path) -> str:
@@ -90,7 +87,7 @@ def start_logger(logger_cfg, run_dir: Path, run_name: str, config: dict) -> Dict
     if logger_cfg.name == "none" or not is_main_process():
         return {"report_to": "none", "run_name": run_name}
     if logger_cfg.name == "tensorboard":
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / TENSORBOARD)
         return {"report_to": ["tensorboard"], "run_name": run_name}
     if logger_cfg.name != "wandb":
         raise UserError(f"logger={logger_cfg.name}: use wandb, tensorboard or none")
