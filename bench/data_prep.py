@@ -15,19 +15,13 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-SAMPLE = Path(os.environ.get("MEDGPT_SAMPLES", ROOT.parent / "shared" / "data" / "medicalgpt-samples")) / \
-    "medical_sft_1K_format.jsonl"
+from sft_throughput import sample_rows
 
 
 def replicated_rows(n: int):
     """n records: the 1K sample repeated, each copy's first question tagged so every record is distinct."""
-    from medgpt.data.loading import load_split
-
-    base = load_split([SAMPLE], accepted=["sharegpt"]).rows
+    base = sample_rows()
     rows = []
     for i in range(n):
         row = base[i % len(base)]
@@ -51,14 +45,13 @@ def main() -> None:
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import compose
+    from medgpt.config import compose
     from medgpt.data.cache import cached_prepare
     from medgpt.modeling.load import load_tokenizer
     from medgpt.stages import sft
 
-    cfg = compose("stage=sft", "model=tiny", f"model.max_length={options.max_length}",
-                  f"data.num_proc={options.num_proc}")
+    cfg = compose(["stage=sft", "model=tiny", f"model.max_length={options.max_length}",
+                   f"data.num_proc={options.num_proc}"])
     tokenizer = load_tokenizer(cfg.model)
     results = []
     for n in [int(s) for s in options.sizes.split(",")]:

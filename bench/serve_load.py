@@ -17,10 +17,8 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from medgpt.training.cluster import free_port  # noqa: E402
+from medgpt.training.cluster import free_port
 
 QUESTIONS = ["头痛发热怎么办？", "高血压患者饮食要注意什么？", "What are the early signs of diabetes?",
              "感冒和流感有什么区别？", "How should a sprained ankle be treated?"]

@@ -41,10 +41,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-SAMPLE = Path(os.environ.get("MEDGPT_SAMPLES", ROOT.parent / "shared/data/medicalgpt-samples")) / \
-    "medical_sft_1K_format.jsonl"
+from medgpt.config import sample_file
+
+SAMPLE = Path(sample_file("medical_sft_1K_format.jsonl"))  # $MEDGPT_SAMPLES, else ../shared/data/medicalgpt-samples
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 spec sheets
 QWEN25_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                   num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
@@ -55,6 +54,9 @@ def sample_rows():
     """The 1,000 normalised conversations of the SFT sample."""
     from medgpt.data.loading import expand_files, load_split
 
+    if not SAMPLE.is_file():
+        raise SystemExit(f"MedicalGPT sample data not found: {SAMPLE}: run scripts/fetch_samples.sh "
+                         "(or set MEDGPT_SAMPLES)")
     return load_split(expand_files([str(SAMPLE)]), accepted=["sharegpt"]).rows
 
 

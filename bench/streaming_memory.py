@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("patient physician fever cough aspirin dose hospital treatment symptom infection virus vaccine trial "
          "study clinic blood pressure heart lung liver kidney chronic acute therapy diagnosis risk outcome "
          "disease history born city river film album novel country war president team season").split()
@@ -44,16 +43,14 @@ def write_corpus(folder: Path, base_lines: int, factor: int) -> Path:
 
 def child(mode: str, corpus: str) -> None:
     """Run one pipeline over the whole corpus; print its peak RSS and block count as JSON."""
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "tests"))
     import logging
 
     logging.disable(logging.WARNING)
-    from conftest import compose
+    from medgpt.config import compose
     from medgpt.modeling.load import load_tokenizer
 
-    cfg = compose("stage=pt", "model=tiny", "data=pt_demo", f"data.train_files=[{corpus}]", "data.block_size=512",
-                  "data.eval_split=0", "stage.args.max_steps=1", f"data.streaming={mode == 'streaming'}")
+    cfg = compose(["stage=pt", "model=tiny", "data=pt_demo", f"data.train_files=[{corpus}]", "data.block_size=512",
+                   "data.eval_split=0", "stage.args.max_steps=1", f"data.streaming={mode == 'streaming'}"])
     tokenizer = load_tokenizer(cfg.model)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()

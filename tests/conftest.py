@@ -17,6 +17,8 @@ from medgpt.training.cluster import free_port  # noqa: F401  (tests import it fr
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 SAMPLES = Path(os.environ.get("MEDGPT_SAMPLES", ROOT.parent / "shared" / "data" / "medicalgpt-samples"))
+SAMPLE_FILES = ("dpo_zh_500.jsonl", "en_article_tail500.txt", "grpo_sample.jsonl", "medical_corpus.txt",
+                "medical_sft_1K_format.jsonl")
 DEMO = ROOT / "medgpt" / "demo_data"
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -24,6 +26,34 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "samples: reads MedicalGPT's sample data (SAMPLES); skipped where it is "
+                                       "absent, an error under MEDGPT_REQUIRE_SAMPLES=1")
+
+
+def missing_samples() -> str | None:
+    """Why the sample-data tests cannot run here, or None when every sample file is in SAMPLES."""
+    missing = [name for name in SAMPLE_FILES if not (SAMPLES / name).is_file()]
+    if not missing:
+        return None
+    what = "" if len(missing) == len(SAMPLE_FILES) else f" ({', '.join(missing)} missing)"
+    return (f"MedicalGPT sample data not found at {SAMPLES}{what}: "
+            "run scripts/fetch_samples.sh (or set MEDGPT_SAMPLES)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `samples` skip where the sample data is absent; CI (MEDGPT_REQUIRE_SAMPLES=1) stops instead."""
+    needing = [item for item in items if item.get_closest_marker("samples")]
+    reason = missing_samples() if needing else None
+    if reason is None:
+        return
+    if os.environ.get("MEDGPT_REQUIRE_SAMPLES") == "1":
+        pytest.exit(f"{reason} ({len(needing)} tests need it; MEDGPT_REQUIRE_SAMPLES=1 refuses to skip them)",
+                    returncode=pytest.ExitCode.USAGE_ERROR)
+    for item in needing:
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def compose(*overrides: str, return_hydra_config: bool = False):

@@ -20,6 +20,7 @@ def sample_lengths(tiny_tokenizer):
     return [len(x) for x in columns["input_ids"]]
 
 
+@pytest.mark.samples
 def test_every_sample_once_and_budget_kept(sample_lengths):
     batches = token_budget_batches(sample_lengths, 2048, random.Random(0))
     assert sorted(i for b in batches for i in b) == list(range(len(sample_lengths)))
@@ -29,6 +30,7 @@ def test_every_sample_once_and_budget_kept(sample_lengths):
     assert len({len(b) for b in batches}) > 2
 
 
+@pytest.mark.samples
 def test_grouping_removes_padding_that_random_batches_waste(sample_lengths):
     rng = random.Random(0)
     rand = padding_fraction(sample_lengths, random_batches(len(sample_lengths), 4, rng))
@@ -37,6 +39,7 @@ def test_grouping_removes_padding_that_random_batches_waste(sample_lengths):
     assert rand > 0.2 and grouped < 0.05 and budget < 0.05, (rand, grouped, budget)
 
 
+@pytest.mark.samples
 def test_plan_is_seeded_and_reshuffled_per_epoch(sample_lengths):
     a = plan_batches("token_budget", sample_lengths, 4, 2048, seed=3)
     b = plan_batches("token_budget", sample_lengths, 4, 2048, seed=3)

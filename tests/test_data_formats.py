@@ -159,6 +159,7 @@ def test_detection_prefers_the_most_specific_and_reports_ambiguity():
         detect({"foo": 1})
 
 
+@pytest.mark.samples
 @pytest.mark.parametrize("name, accepted, kind_key, count", [
     ("medical_sft_1K_format.jsonl", CHAT_FORMATS, "messages", 1000),
     ("dpo_zh_500.jsonl", ["sharegpt_preference", "trl_preference", "qa_preference"], "chosen", 500),

@@ -207,6 +207,7 @@ def test_mix_concatenates_without_weights_and_takes_data_configs(tmp_path):
         mixed(tmp_path, ["medical_pt"])
 
 
+@pytest.mark.samples
 def test_mixed_data_report_counts_each_source(tiny_tokenizer, caplog, cache_dir):
     """The report medgpt.training.run writes into metrics.json carries the realised count of each source."""
     from medgpt.training.run import prepare_datasets
@@ -222,6 +223,7 @@ def test_mixed_data_report_counts_each_source(tiny_tokenizer, caplog, cache_dir)
 
 # ---------------------------------------------------------------- streaming
 
+@pytest.mark.samples
 def test_streaming_pt_trains_and_packs_like_the_in_memory_path(tmp_path, tiny_tokenizer):
     from medgpt.data.loading import read_records
     from medgpt.data.streaming import pack_blocks
@@ -282,6 +284,7 @@ def sft_rows(n=40):
     return load_split([SAMPLES / "medical_sft_1K_format.jsonl"], accepted=["sharegpt"], max_samples=n).rows
 
 
+@pytest.mark.samples
 def test_cache_reuses_and_invalidates(cache_dir, tiny_tokenizer):
     import copy
 
@@ -317,6 +320,7 @@ def test_cache_reuses_and_invalidates(cache_dir, tiny_tokenizer):
     assert cached_prepare(sft, rows, tiny_tokenizer, cfg_off)[1]["data_cache"] == "off"
 
 
+@pytest.mark.samples
 def test_concurrent_processes_prepare_once(cache_dir, tiny_tokenizer, monkeypatch):
     from medgpt.data.cache import cached_prepare
     from medgpt.stages import sft
@@ -344,6 +348,7 @@ def test_concurrent_processes_prepare_once(cache_dir, tiny_tokenizer, monkeypatc
     assert results[0][0]["input_ids"] == results[1][0]["input_ids"]
 
 
+@pytest.mark.samples
 def test_num_proc_workers_give_the_same_tokens(tiny_tokenizer):
     from medgpt.data.cache import prepare_parallel
     from medgpt.stages import sft
@@ -356,6 +361,7 @@ def test_num_proc_workers_give_the_same_tokens(tiny_tokenizer):
 
 # ---------------------------------------------------------------- inspect
 
+@pytest.mark.samples
 def test_inspect_reports_lengths_loss_share_and_marked_examples(capsys):
     from medgpt.tools.inspect import LOSS_CLOSE, LOSS_OPEN, main
 
@@ -385,6 +391,7 @@ def test_inspect_marks_only_the_chosen_answer_of_a_multi_turn_preference(tmp_pat
     assert example.index("Rest.") < example.index(LOSS_OPEN) and example.rstrip().endswith(LOSS_CLOSE)
 
 
+@pytest.mark.samples
 def test_inspect_picks_the_data_stage_and_runs_as_a_module():
     from medgpt.tools.inspect import LOSS_OPEN, compose as inspect_compose, inspect_data
 

@@ -21,6 +21,7 @@ def corpus_index():
     return build_index(chunks), chunks
 
 
+@pytest.mark.samples
 def test_hit_at_3_on_hand_written_questions(corpus_index):
     from medgpt.inference.rag import retrieve
 
@@ -81,6 +82,7 @@ def test_reads_a_folder_of_txt_md_pdf_jsonl(tmp_path):
         load_chunks([str(tmp_path)])
 
 
+@pytest.mark.samples
 def test_prompt_numbers_sources_and_answer_lists_those_cited(corpus_index):
     from medgpt.inference.rag import cited, rag_messages, retrieve
 
@@ -93,6 +95,7 @@ def test_prompt_numbers_sources_and_answer_lists_those_cited(corpus_index):
     assert cited("没有引用", hits) == list(range(1, len(hits) + 1))
 
 
+@pytest.mark.samples
 def test_rag_cli_answers_with_sources(sft_run, capsys):
     from medgpt.inference.rag import main
 

@@ -18,6 +18,7 @@ def last_logged(run_dir, key):
     return [r[key] for r in rows if key in r][-1]
 
 
+@pytest.mark.samples
 def test_dpo_trains_on_medicalgpt_pairs_final_reloads(tmp_path, caplog):
     from medgpt.modeling.load import load_for_inference
 
@@ -39,6 +40,7 @@ def test_dpo_reward_margin_rises_on_obvious_pairs(tmp_path):
     assert metrics["final_train_loss"] < metrics["first_train_loss"]
 
 
+@pytest.mark.samples
 def test_dpo_with_lora_uses_the_adapter_disabled_policy_as_reference(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="medgpt"):
         run_dir, metrics = train_in_process(tmp_path, "stage=dpo", "hardware=lora", *MEDICAL_PAIRS)
@@ -46,6 +48,7 @@ def test_dpo_with_lora_uses_the_adapter_disabled_policy_as_reference(tmp_path, c
     assert (run_dir / "final" / "adapter_config.json").exists()
 
 
+@pytest.mark.samples
 @pytest.mark.parametrize("stage", ["ipo", "simpo", "orpo"])
 def test_variants_train_on_medicalgpt_pairs(tmp_path, stage):
     from medgpt.modeling.load import load_for_inference
@@ -72,6 +75,7 @@ def test_dpo_config_errors_before_model_load(tmp_path, monkeypatch, override, me
     assert message in error_before_model_load(monkeypatch, tmp_path, "stage=dpo", override)
 
 
+@pytest.mark.samples
 def test_sft_data_to_dpo_fails_naming_accepted_formats(tmp_path, monkeypatch):
     message = error_before_model_load(monkeypatch, tmp_path, "stage=dpo",
                                       f"data.train_files=[{SAMPLES / 'medical_sft_1K_format.jsonl'}]")

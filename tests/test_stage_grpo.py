@@ -55,6 +55,7 @@ def test_reward_model_reward_rejects_a_policy_run(sft_run):
         check_reward_model(str(sft_run[0]))
 
 
+@pytest.mark.samples
 def test_grpo_trains_on_medicalgpt_prompts_and_logs_each_reward(tmp_path):
     import json
 

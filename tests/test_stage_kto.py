@@ -15,6 +15,7 @@ def test_pairs_split_into_desirable_and_undesirable():
                                                                           ("bad", False)]
 
 
+@pytest.mark.samples
 def test_kto_trains_on_medicalgpt_pairs_final_reloads(tmp_path):
     from medgpt.modeling.load import load_for_inference
 

@@ -1,6 +1,8 @@
 """stage=ppo (trl.RLOOTrainer): against a stage=rm reward model, or answer accuracy on the embedded default."""
 import json
 
+import pytest
+
 from alignment_helpers import error_before_model_load
 from conftest import SAMPLES, train_in_process
 
@@ -24,6 +26,7 @@ def test_ppo_with_no_reward_at_all_or_answerless_prompts_fails_before_model_load
     assert "1 of 2 prompt records have no 'answer' (first: record 2)" in message
 
 
+@pytest.mark.samples
 def test_ppo_with_lora_reward_model_trains_and_reloads(tmp_path):
     import json
 

@@ -1,6 +1,8 @@
 """stage=rm: RewardTrainer on preference pairs; final/ loads as a sequence classifier and scores a chat."""
 import math
 
+import pytest
+
 from conftest import SAMPLES, train_in_process
 from alignment_helpers import error_before_model_load, write_obvious_pairs
 
@@ -16,6 +18,7 @@ def score(final, messages):
         return model(**ids).logits[0, 0].item()
 
 
+@pytest.mark.samples
 def test_rm_trains_on_medicalgpt_pairs_and_final_scores_a_chat(tmp_path):
     run_dir, metrics = train_in_process(tmp_path, "stage=rm", f"data.train_files=[{SAMPLES / 'dpo_zh_500.jsonl'}]",
                                         "data.max_samples=24", "data.eval_split=0.25", "stage.args.max_steps=2")

@@ -59,6 +59,7 @@ def test_run_stamps_differ_so_runs_never_share_a_folder():
     assert a < b and len(a) == len("2026-11-26_05-40-48_714")
 
 
+@pytest.mark.samples
 def test_sft_on_medical_sample_lowers_the_loss(tmp_path):
     _, metrics = train_in_process(
         tmp_path, f"data.train_files=[{SAMPLES / 'medical_sft_1K_format.jsonl'}]", "data.max_samples=96",
@@ -70,6 +71,7 @@ def test_sft_on_medical_sample_lowers_the_loss(tmp_path):
     assert statistics.mean(losses[-4:]) < statistics.mean(losses[:4]) - 0.5, losses
 
 
+@pytest.mark.samples
 def test_pt_on_article_sample_runs(tmp_path):
     run_dir, metrics = train_in_process(tmp_path, "stage=pt", "data=medical_pt", "data.block_size=64",
                                         "stage.args.max_steps=3")

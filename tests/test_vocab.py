@@ -19,6 +19,7 @@ def extended(tmp_path_factory, tiny_dir):
     return out, report
 
 
+@pytest.mark.samples
 def test_corpus_reads_question_answer_json_lines():
     from medgpt.modeling.vocab import corpus_texts
 
@@ -27,6 +28,7 @@ def test_corpus_reads_question_answer_json_lines():
     assert texts[:2] == [first["问"], first["答"]]
 
 
+@pytest.mark.samples
 def test_new_tokens_appended_without_touching_base_ids(extended, tiny_tokenizer):
     from transformers import AutoTokenizer
 
@@ -40,6 +42,7 @@ def test_new_tokens_appended_without_touching_base_ids(extended, tiny_tokenizer)
     assert tok.chat_template == tiny_tokenizer.chat_template and tok.eos_token == tiny_tokenizer.eos_token
 
 
+@pytest.mark.samples
 def test_medical_text_takes_fewer_tokens_and_round_trips(extended, tiny_tokenizer):
     from transformers import AutoTokenizer
 
@@ -54,6 +57,7 @@ def test_medical_text_takes_fewer_tokens_and_round_trips(extended, tiny_tokenize
         assert tok.decode(tok(text)["input_ids"]) == text
 
 
+@pytest.mark.samples
 def test_new_embedding_rows_are_the_mean_of_old_rows(extended, tiny_dir):
     from transformers import AutoModelForCausalLM
 
@@ -65,6 +69,7 @@ def test_new_embedding_rows_are_the_mean_of_old_rows(extended, tiny_dir):
     torch.testing.assert_close(new[base.shape[0]:], base.mean(0, keepdim=True).expand(new.shape[0] - base.shape[0], -1))
 
 
+@pytest.mark.samples
 def test_pt_with_lora_trains_embeddings_and_merge_keeps_vocab(extended, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
