@@ -9,6 +9,7 @@ version medgpt was tested with, not with an AttributeError in the middle of a co
 from __future__ import annotations
 
 import importlib
+import inspect
 from importlib import metadata
 from typing import Dict, Tuple
 
@@ -47,7 +48,8 @@ def check(library: str) -> None:
         except (ImportError, AttributeError):
             raise missing(library, path) from None
         for name in names:
-            if not hasattr(owner, name):
+            found = inspect.getattr_static(owner, name, None)
+            if found is None or getattr(found, "__isabstractmethod__", False):  # an abstract base's is no use
                 raise missing(library, f"{path}.{name}")
 
 
