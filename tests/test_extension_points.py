@@ -106,3 +106,25 @@ def test_the_guard_sees_the_loss_of_other_stages(monkeypatch, tmp_path, stage):
     _poison(monkeypatch, stage, 2)
     with pytest.raises(NonFiniteError, match="step 2: the loss is not finite.*checkpoint-1"):
         train_in_process(tmp_path, f"stage={stage}", "stage.args.max_steps=3", "stage.args.save_steps=1")
+
+
+@pytest.mark.parametrize("hardware", [(), ("hardware/deepspeed=zero2", "hardware.precision=fp32")],
+                         ids=["plain", "deepspeed"])
+def test_the_guard_sees_a_nonfinite_gradient_behind_a_finite_loss(monkeypatch, tmp_path, hardware):
+    """Plain: the callback reads the clipped gradients; DeepSpeed (partitioned gradients): the engine's norm."""
+    from medgpt.stages import sft
+    from medgpt.training.guard import NonFiniteError
+
+    if hardware:
+        pytest.importorskip("deepspeed")
+    build = sft.build_trainer
+
+    def poisoned(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.model.get_input_embeddings().weight.register_hook(
+            lambda grad: grad * float("inf") if trainer.state.global_step + 1 == 2 else None)
+        return trainer
+
+    monkeypatch.setattr(sft, "build_trainer", poisoned)
+    with pytest.raises(NonFiniteError, match=r"step 2: the gradient norm \((nan|inf)\) is not finite.*checkpoint-1"):
+        train_in_process(tmp_path, *hardware, "stage.args.max_steps=3", "stage.args.save_steps=1")

@@ -4,8 +4,8 @@ as nonfinite_skipped_steps, stopping once more than guard.max_skipped steps were
 
 Two public extension points, for every stage's trainer:
 - `NonFiniteGuard`, a trainer callback: on_pre_optimizer_step (after gradient clipping, before the update) it checks
-  the gradients and decides. A clipped gradient is non-finite exactly when the norm the trainer clipped with was:
-  clipping multiplies every gradient by max_norm / norm.
+  the gradients and decides. Clipping multiplies every gradient by max_norm / norm, so a NaN or inf gradient leaves
+  NaN behind (only a norm that overflows from finite gradients goes unseen: clipping zeroes those gradients).
 - `guarded(trainer_class)`, a subclass whose public training_step hands every micro-batch's raw loss to the callback
   (HF's logging_nan_inf_filter, which replaces a NaN loss in the logs by an average, cannot hide it), and under
   DeepSpeed, whose partitioned gradients the callback cannot see, the engine's gradient norm.
@@ -89,12 +89,12 @@ class NonFiniteGuard(TrainerCallback):
 
         flags, self.bad_losses = self.bad_losses, []
         if self.deepspeed:
-            norm, self.deepspeed_norm = self.deepspeed_norm, None
-            return bool(torch.stack(flags).any()) if flags else False, norm
+            norm, self.deepspeed_norm = self.deepspeed_norm, None  # the engine's, already on the host
+            return bool(torch.stack(flags).any()) if flags else False, None if norm is None else float(norm)
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if not grads:
             return bool(torch.stack(flags).any()) if flags else False, None
-        norm = torch.nn.utils.get_total_norm(grads)  # after clipping: finite exactly when the trainer's norm was
+        norm = torch.nn.utils.get_total_norm(grads)  # of the clipped gradients (the trainer keeps its own)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # sharded (DTensor) gradients
         loss_bad = torch.stack(flags).any() if flags else torch.zeros((), dtype=torch.bool)
         loss_bad, norm = torch.stack([loss_bad.to(norm.device, torch.float32), norm.float()]).tolist()
