@@ -6,7 +6,10 @@ private library APIs medgpt cannot avoid live in medgpt/compat.py, checked befor
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -108,23 +111,31 @@ def test_the_guard_sees_the_loss_of_other_stages(monkeypatch, tmp_path, stage):
         train_in_process(tmp_path, f"stage={stage}", "stage.args.max_steps=3", "stage.args.save_steps=1")
 
 
+# Runs train.py as a user would, with an infinite gradient on the input embeddings at step 2 (the loss stays finite)
+GRADIENT_POISON_DRIVER = """
+import runpy, sys
+from medgpt.stages import sft
+build = sft.build_trainer
+def poisoned(*args, **kwargs):
+    trainer = build(*args, **kwargs)
+    trainer.model.get_input_embeddings().weight.register_hook(
+        lambda grad: grad * float("inf") if trainer.state.global_step + 1 == 2 else None)
+    return trainer
+sft.build_trainer = poisoned
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
 @pytest.mark.parametrize("hardware", [(), ("hardware/deepspeed=zero2", "hardware.precision=fp32")],
                          ids=["plain", "deepspeed"])
-def test_the_guard_sees_a_nonfinite_gradient_behind_a_finite_loss(monkeypatch, tmp_path, hardware):
-    """Plain: the callback reads the clipped gradients; DeepSpeed (partitioned gradients): the engine's norm."""
-    from medgpt.stages import sft
-    from medgpt.training.guard import NonFiniteError
-
+def test_the_guard_sees_a_nonfinite_gradient_behind_a_finite_loss(tmp_path, hardware):
+    """Plain: the callback reads the clipped gradients; DeepSpeed (partitioned gradients): the engine's norm. In a
+    process of its own: DeepSpeed on CPU initialises torch.distributed, which must not outlive the test."""
     if hardware:
         pytest.importorskip("deepspeed")
-    build = sft.build_trainer
-
-    def poisoned(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.model.get_input_embeddings().weight.register_hook(
-            lambda grad: grad * float("inf") if trainer.state.global_step + 1 == 2 else None)
-        return trainer
-
-    monkeypatch.setattr(sft, "build_trainer", poisoned)
-    with pytest.raises(NonFiniteError, match=r"step 2: the gradient norm \((nan|inf)\) is not finite.*checkpoint-1"):
-        train_in_process(tmp_path, *hardware, "stage.args.max_steps=3", "stage.args.save_steps=1")
+    done = subprocess.run([sys.executable, "-c", GRADIENT_POISON_DRIVER, f"output_root={tmp_path}", "logger=none",
+                           *hardware, "stage.args.max_steps=3", "stage.args.save_steps=1"], cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert re.search(r"step 2: the gradient norm \((nan|inf)\) is not finite.*checkpoint-1", done.stderr)
