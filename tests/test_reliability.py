@@ -93,6 +93,16 @@ def test_killed_run_resumes_with_identical_losses(crash_and_resume):
     assert [got[s]["grad_norm"] for s in after] == pytest.approx([expected[s]["grad_norm"] for s in after], abs=1e-3)
 
 
+def test_resume_rewrites_the_checkpoint_the_crash_left_unmarked(crash_and_resume):
+    from medgpt.runs import problem
+
+    _stage, _reference, (run,), _killed, resumed = crash_and_resume
+    assert "checkpoint-6, left by an earlier attempt" in resumed.stdout + resumed.stderr
+    checkpoints = run / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == ["checkpoint-6", "checkpoint-8"]
+    assert all(problem(checkpoints / name) is None for name in ("checkpoint-6", "checkpoint-8"))
+
+
 def test_no_secret_lands_in_the_run_folder(crash_and_resume):
     stage, _reference, (run,), _killed, resumed = crash_and_resume
     assert any((run / "wandb").rglob("*.wandb")), "the W&B run must exist for this check to mean anything"

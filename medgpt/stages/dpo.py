@@ -19,6 +19,7 @@ from medgpt.config import import_object
 from medgpt.errors import UserError
 from medgpt.modeling.load import resolve_path
 from medgpt.runs import adapter_base
+from medgpt.training.guard import guarded
 
 log = logging.getLogger("medgpt")
 MODEL_KIND = "causal"
@@ -116,5 +117,6 @@ def reference_model(cfg, model):
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
     from trl import DPOTrainer
 
-    return DPOTrainer(model=model, ref_model=reference_model(cfg, model), args=args, train_dataset=train_dataset,
-                      eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks)
+    return guarded(DPOTrainer)(model=model, ref_model=reference_model(cfg, model), args=args,
+                               train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+                               callbacks=callbacks)

@@ -9,6 +9,7 @@ from collections import Counter
 from datasets import Dataset
 
 from medgpt.errors import UserError
+from medgpt.training.guard import guarded
 from medgpt.training.rewards import check_answers, check_reward_funcs, instantiate_reward_funcs
 
 MODEL_KIND = "causal"
@@ -51,6 +52,6 @@ def prepare(rows, tokenizer, cfg):
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
     from trl import GRPOTrainer
 
-    return GRPOTrainer(model=model, reward_funcs=instantiate_reward_funcs(cfg.stage.reward_funcs), args=args,
-                       train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
-                       callbacks=callbacks)
+    return guarded(GRPOTrainer)(model=model, reward_funcs=instantiate_reward_funcs(cfg.stage.reward_funcs),
+                                args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                processing_class=tokenizer, callbacks=callbacks)

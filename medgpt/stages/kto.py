@@ -10,6 +10,7 @@ from datasets import Dataset
 
 from medgpt.errors import UserError
 from medgpt.stages.dpo import check_reference, reference_model
+from medgpt.training.guard import guarded
 
 MODEL_KIND = "causal"
 
@@ -41,5 +42,6 @@ def prepare(rows, tokenizer, cfg):
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
     from trl import KTOTrainer
 
-    return KTOTrainer(model=model, ref_model=reference_model(cfg, model), args=args, train_dataset=train_dataset,
-                      eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks)
+    return guarded(KTOTrainer)(model=model, ref_model=reference_model(cfg, model), args=args,
+                               train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+                               callbacks=callbacks)

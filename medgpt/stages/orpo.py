@@ -4,6 +4,7 @@
     python train.py stage=orpo data=medical_dpo data.max_samples=200 stage.args.beta=0.1
 """
 from medgpt.stages.dpo import prepare_pairs as prepare  # noqa: F401  (same pairs, no reference model to check)
+from medgpt.training.guard import guarded
 
 MODEL_KIND = "causal"
 
@@ -11,5 +12,5 @@ MODEL_KIND = "causal"
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
     from trl.experimental.orpo import ORPOTrainer
 
-    return ORPOTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                       processing_class=tokenizer, callbacks=callbacks)
+    return guarded(ORPOTrainer)(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                processing_class=tokenizer, callbacks=callbacks)

@@ -11,10 +11,10 @@ import logging
 from collections import Counter
 
 from medgpt.errors import UserError
-
-from medgpt.training.rewards import (check_answers, check_reward_funcs, check_reward_model, instantiate_reward_funcs,
-                            load_reward_model)
 from medgpt.stages.grpo import check_generation_batch, config_defaults, prompt_dataset
+from medgpt.training.guard import guarded
+from medgpt.training.rewards import (check_answers, check_reward_funcs, check_reward_model, instantiate_reward_funcs,
+                                     load_reward_model)
 
 MODEL_KIND = "causal"
 log = logging.getLogger(__name__)
@@ -52,10 +52,10 @@ def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, call
     funcs, processors = [], []
     if cfg.stage.reward_model:
         reward_model, reward_tokenizer = load_reward_model(cfg.stage.reward_model)
-        reward_model.config._name_or_path = "reward_model"  # TRL logs rewards/<last part of this>/mean
+        reward_model.config.name_or_path = "reward_model"  # TRL logs rewards/<its last part>/mean
         funcs, processors = [reward_model], [reward_tokenizer]
     extra = instantiate_reward_funcs(reward_nodes(cfg.stage))
-    return RLOOTrainer(model=model, reward_funcs=[*funcs, *extra], args=args,
-                       reward_processing_classes=[*processors, *[None] * len(extra)],
-                       train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
-                       callbacks=callbacks)
+    return guarded(RLOOTrainer)(model=model, reward_funcs=[*funcs, *extra], args=args,
+                                reward_processing_classes=[*processors, *[None] * len(extra)],
+                                train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+                                callbacks=callbacks)

@@ -6,6 +6,7 @@ pairs are rendered with the model's chat template; eval reports pairwise accurac
 """
 from medgpt.errors import UserError
 from medgpt.stages.dpo import preference_dataset
+from medgpt.training.guard import guarded
 
 MODEL_KIND = "reward"
 
@@ -33,5 +34,5 @@ def prepare(rows, tokenizer, cfg):
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
     from trl import RewardTrainer
 
-    return RewardTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, callbacks=callbacks)
+    return guarded(RewardTrainer)(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                  processing_class=tokenizer, callbacks=callbacks)

@@ -3,12 +3,14 @@
     python train.py stage=sft data.train_files=[../shared/data/medicalgpt-samples/medical_sft_1K_format.jsonl]
 """
 import functools
+from typing import Optional
 
 from datasets import Dataset
 
 from medgpt.data.tokenize import tokenize_chats
 from medgpt.modeling.hardware import zero_stage
 from medgpt.training.batching import collate_without_causal_padding_mask, plan_batches
+from medgpt.training.guard import guarded
 from medgpt.training.losses import labelled_positions_loss, supports_labelled_loss
 
 MODEL_KIND = "causal"
@@ -25,17 +27,27 @@ def prepare(rows, tokenizer, cfg):
     return Dataset.from_dict(columns), counts
 
 
+SFT_COLUMNS = ("input_ids", "labels", "seq_lengths")  # what TRL's SFT collator reads from a tokenized dataset
+
+
 def trainer_class():
-    """SFTTrainer whose training batches follow stage.batching (medgpt.training.batching), and whose loss projects only
+    """SFTTrainer whose training batches follow stage.batching (medgpt.training.batching), whose loss projects only
     labelled positions (medgpt.training.losses) unless stage.fused_lm_head asks for TRL's fused head (tiled: less memory,
-    slower at moderate batch sizes, as measured in docs/performance.md)."""
+    slower at moderate batch sizes, as measured in docs/performance.md), and whose losses the guard checks."""
     from torch.utils.data import DataLoader
     from trl import SFTTrainer
 
-    class BatchedSFTTrainer(SFTTrainer):
-        batch_plan = None
-        fused_lm_head = True
-        labelled_loss = False
+    class BatchedSFTTrainer(guarded(SFTTrainer)):
+        def __init__(self, *args, fused_lm_head: bool = True, labelled_loss: bool = False, batching: str = "random",
+                     tokens_per_batch: Optional[int] = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.fused_lm_head, self.labelled_loss = fused_lm_head, labelled_loss
+            self.batch_plan = None
+            if not self.args.packing and batching != "random":  # planned on the dataset as TRL prepared it
+                lengths = [len(ids) for ids in self.train_dataset["input_ids"]]
+                budget = tokens_per_batch or self.args.per_device_train_batch_size * self.args.max_length
+                self.batch_plan = plan_batches(batching, lengths, self.args.per_device_train_batch_size, budget,
+                                               self.args.seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.fused_lm_head or not self.labelled_loss or return_outputs:  # TRL's own loss (evaluation too)
@@ -48,7 +60,9 @@ def trainer_class():
         def get_train_dataloader(self):
             if self.batch_plan is None:
                 return super().get_train_dataloader()
-            dataset = self._remove_unused_columns(self.train_dataset, description="training")
+            dataset = self.train_dataset
+            if self.args.remove_unused_columns:  # as the trainer's own loader: only what the collator reads
+                dataset = dataset.select_columns([c for c in dataset.column_names if c in SFT_COLUMNS])
             collate = functools.partial(collate_without_causal_padding_mask, self.data_collator)
             return self.accelerator.prepare(DataLoader(
                 dataset, batch_sampler=self.batch_plan, collate_fn=collate,
@@ -60,16 +74,11 @@ def trainer_class():
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
 
     args.max_length = max_length(cfg)
-    trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                              processing_class=tokenizer, callbacks=callbacks)
-    trainer.fused_lm_head = cfg.stage.fused_lm_head
     # ZeRO-3 gathers lm_head's weight only inside its own forward call, which this loss does not make; a compiled
     # model (stage.args.torch_compile) would run this loss's body calls uncompiled
-    trainer.labelled_loss = (supports_labelled_loss(model) and zero_stage(cfg.hardware.deepspeed) != 3
-                             and not args.torch_compile)
-    if not args.packing and cfg.stage.batching != "random":
-        lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
-        budget = cfg.stage.tokens_per_batch or args.per_device_train_batch_size * args.max_length
-        trainer.batch_plan = plan_batches(cfg.stage.batching, lengths, args.per_device_train_batch_size, budget,
-                                          args.seed)
-    return trainer
+    labelled_loss = (supports_labelled_loss(model) and zero_stage(cfg.hardware.deepspeed) != 3
+                     and not args.torch_compile)
+    return trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                           processing_class=tokenizer, callbacks=callbacks, fused_lm_head=cfg.stage.fused_lm_head,
+                           labelled_loss=labelled_loss, batching=cfg.stage.batching,
+                           tokens_per_batch=cfg.stage.tokens_per_batch)

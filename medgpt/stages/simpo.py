@@ -4,6 +4,7 @@ loss_type=simpo and cpo_alpha=0 (TRL's DPOTrainer has no SimPO loss).
     python train.py stage=simpo data=medical_dpo data.max_samples=200 stage.args.simpo_gamma=0.5
 """
 from medgpt.stages.dpo import prepare_pairs as prepare  # noqa: F401  (same pairs, no reference model)
+from medgpt.training.guard import guarded
 
 MODEL_KIND = "causal"
 
@@ -11,5 +12,5 @@ MODEL_KIND = "causal"
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
     from trl.experimental.cpo import CPOTrainer
 
-    return CPOTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      processing_class=tokenizer, callbacks=callbacks)
+    return guarded(CPOTrainer)(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                               processing_class=tokenizer, callbacks=callbacks)

@@ -1,9 +1,10 @@
 """Atomic checkpoints and exact resume.
 
-A checkpoint is written by the trainer into `checkpoints/.tmp-checkpoint-N/`, renamed to `checkpoints/checkpoint-N/`
-once every rank has finished, then marked complete with `checkpoint_complete.json` (the size of every file in it).
-Resume only trusts a marked checkpoint whose files still have those sizes; anything else is skipped, with the reason
-logged. Rotation (`save_total_limit`) counts complete checkpoints only, so the last complete one is never deleted.
+The trainer writes `checkpoints/checkpoint-N/`; once every rank has finished, a trainer callback (on_save) flushes its
+files and marks it complete with `checkpoint_complete.json` (the size of every file in it), written last. Resume only
+trusts a marked checkpoint whose files still have those sizes; anything else is skipped, with the reason logged.
+Rotation (`save_total_limit`) is medgpt's, after the marker: it counts complete checkpoints only, so the last complete
+one is never deleted (and the best one is kept).
 
     python train.py <same overrides> resume=auto                  # newest unfinished run of this group, newest checkpoint
     python train.py <same overrides> resume=outputs/runs/sft-tiny-cpu/2026-11-26_06-00-00_000
@@ -19,13 +20,16 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
 from medgpt.errors import UserError
 from medgpt.runs import CHECKPOINT_RE, CHECKPOINTS, MARKER, TMP_PREFIX, checkpoints_of, newest_complete, problem
 
 log = logging.getLogger(__name__)
-# ---- run folder choice (runs before any training code: Hydra resolves hydra.run.dir with it) ----
 
-# ---- completeness ----
+
+# ---- resume ----
 
 def resume_checkpoint(resume: Optional[str], run_dir: Path, allow_pickle: bool = False) -> Optional[str]:
     """cfg.resume -> the checkpoint folder to hand to trainer.train(), or None to start from scratch.
@@ -74,61 +78,74 @@ def config_changes(saved_config: Path, resolved: dict) -> List[str]:
     return sorted(k for k in old.keys() | new.keys() if k != "resume" and old.get(k) != new.get(k))
 
 
-# ---- atomic save: wraps the trainer's own checkpoint writer, for every stage ----
+# ---- atomic save: a trainer callback, for every stage ----
 
-def make_atomic(trainer) -> None:
-    """Route the trainer's checkpoint writes through a temporary folder, rename, mark complete, then rotate
-    by complete checkpoints only. Every rank writes into the same temporary folder (DeepSpeed shards). The
-    trainer's own rotation then only sees the temporary folder, which holds one checkpoint."""
-    save = trainer._save_checkpoint
+def atomic_saves(args) -> "AtomicCheckpoints":
+    """The callback that marks each checkpoint complete and rotates by complete checkpoints. It takes
+    save_total_limit over from the trainer (set to None in `args`): the trainer's own rotation runs before a new
+    checkpoint is marked, so with save_total_limit=1 it would delete the last complete checkpoint first."""
+    limit, args.save_total_limit = args.save_total_limit, None
+    return AtomicCheckpoints(limit)
 
-    def atomic_save(model, trial, *args, **kwargs):
-        root = Path(trainer._get_output_dir(trial=trial))
-        name = f"checkpoint-{trainer.state.global_step}"
-        tmp_root = root / f"{TMP_PREFIX}{name}"
-        trainer._get_output_dir = lambda trial=None: str(tmp_root)
-        try:
-            save(model, trial, *args, **kwargs)
-        finally:
-            del trainer._get_output_dir  # back to the class method
-        trainer.accelerator.wait_for_everyone()
-        if trainer.args.should_save:
-            final = commit(tmp_root / name, root / name)
-            best = trainer.state.best_model_checkpoint
-            if best and str(tmp_root) in best:
-                trainer.state.best_model_checkpoint = best.replace(str(tmp_root), str(root))
-            rotate(root, trainer.args.save_total_limit, keep=trainer.state.best_model_checkpoint)
+
+class AtomicCheckpoints(TrainerCallback):
+    """The trainer writes `checkpoint-N/` as usual; once every rank has finished (on_save), its files are flushed
+    and `checkpoint_complete.json` is written last, atomically. A checkpoint without that marker is incomplete by
+    definition, and resume skips it. A folder `checkpoint-N/` left by an earlier attempt is removed before the
+    trainer writes step N again, so a marker never describes files of two attempts."""
+
+    def __init__(self, limit: Optional[int]):
+        self.limit = limit
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._clear_leftover(args, state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._clear_leftover(args, state, control)
+
+    def on_save(self, args, state, control, **kwargs):
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()  # every rank's files (DeepSpeed shards) are written
+        if args.should_save:
+            final = mark_complete(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            rotate(final.parent, self.limit, keep=state.best_model_checkpoint)
             log.info("checkpoint %s complete", final)
-        trainer.accelerator.wait_for_everyone()
+        PartialState().wait_for_everyone()
 
-    trainer._save_checkpoint = atomic_save
+    def _clear_leftover(self, args, state, control) -> None:
+        # save_strategy=best decides after evaluating whether it saves: clear on every evaluation step then
+        if not (control.should_save or args.save_strategy == "best" and control.should_evaluate):
+            return
+        from accelerate import PartialState
+
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if args.should_save and folder.exists():
+            log.warning("removing %s, left by an earlier attempt, before saving step %d again", folder,
+                        state.global_step)
+            shutil.rmtree(folder)
+        PartialState().wait_for_everyone()  # no rank writes into the folder before it is gone
 
 
-def commit(written: Path, final: Path) -> Path:
-    """Rename the written folder into place, flush its files, then write the completion marker (atomically)."""
-    if final.exists():  # left by a run that died before marking it, or a rerun from an earlier step
-        shutil.rmtree(final)
-    written.rename(final)
-    shutil.rmtree(written.parent, ignore_errors=True)
-    state = final / "trainer_state.json"  # best_model_checkpoint may name the temporary folder
-    if state.exists() and str(written.parent) in state.read_text():
-        state.write_text(state.read_text().replace(str(written.parent), str(final.parent)))
+def mark_complete(folder: Path) -> Path:
+    """Flush every file of a written checkpoint, then write the completion marker (atomically, last)."""
     files = {}
-    for path in sorted(p for p in final.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-        files[str(path.relative_to(final))] = path.stat().st_size
-    tmp = final / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"step": int(final.name.split("-")[-1]), "time": time.time(), "files": files}, indent=1))
+        files[str(path.relative_to(folder))] = path.stat().st_size
+    tmp = folder / (MARKER + ".tmp")
+    tmp.write_text(json.dumps({"step": int(folder.name.split("-")[-1]), "time": time.time(), "files": files},
+                              indent=1))
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
-    tmp.replace(final / MARKER)
-    return final
+    tmp.replace(folder / MARKER)
+    return folder
 
 
 def rotate(root: Path, limit: Optional[int], keep: Optional[str] = None) -> List[Path]:
-    """Delete leftovers (temp folders, unmarked checkpoints) and complete checkpoints beyond the newest `limit`
-    (never the best one). Returns what was deleted."""
+    """Delete leftovers (unmarked checkpoints; `.tmp-*` folders of older medgpt versions) and complete checkpoints
+    beyond the newest `limit` (never the best one). Returns what was deleted."""
     deleted = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(TMP_PREFIX)]
     complete = []
     for _step, path in checkpoints_of(root):

@@ -12,7 +12,9 @@ import socket
 import sys
 from typing import List, Optional
 
+from medgpt import compat
 from medgpt.config import compose
+from medgpt.errors import command
 
 
 def free_port() -> int:
@@ -58,9 +60,7 @@ def slurm_executor(launcher_cfg, folder: str):
 
 def sbatch_text(launcher_cfg, folder: str) -> str:
     """The sbatch file hydra/launcher=slurm submits for one job (nothing is submitted)."""
-    executor = slurm_executor(launcher_cfg, folder)
-    slurm = executor._executor  # submitit renders the file here; no public API returns it without submitting
-    return slurm._make_submission_file_text(slurm._submitit_command_str, "preview")
+    return compat.sbatch_text(slurm_executor(launcher_cfg, folder))  # submitit has no public preview
 
 
 def compose_launcher(overrides: List[str]):
@@ -71,7 +71,9 @@ def compose_launcher(overrides: List[str]):
     return compose(overrides + ["hydra.job.name=train"], return_hydra_config=True).hydra.launcher
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> int:
+    compat.check("submitit")  # before composing: a submitit without the preview API fails in one line
     overrides = list(sys.argv[1:] if argv is None else argv)
     launcher = compose_launcher(overrides)
     print(sbatch_text(launcher, folder=launcher.submitit_folder))

@@ -1,9 +1,15 @@
-"""Numerical guard: a non-finite loss or gradient norm stops the run before the optimizer step, naming the step and
-the last good checkpoint; with guard.skip_nonfinite=true that step's update is skipped instead (counted in
-metrics.json as nonfinite_skipped_steps, stopping once more than guard.max_skipped steps were skipped).
+"""Numerical guard: a non-finite loss or gradient stops the run before the optimizer step, naming the step and the
+last good checkpoint; with guard.skip_nonfinite=true that step's update is skipped instead (counted in metrics.json
+as nonfinite_skipped_steps, stopping once more than guard.max_skipped steps were skipped).
 
-It reads the raw loss of every micro-batch and the gradient norm the trainer computes anyway, so HF's
-logging_nan_inf_filter (which replaces a NaN loss in the logs by an average) cannot hide it.
+Two public extension points, for every stage's trainer:
+- `NonFiniteGuard`, a trainer callback: on_pre_optimizer_step (after gradient clipping, before the update) it checks
+  the gradients and decides. Clipping multiplies every gradient by max_norm / norm, so a NaN or inf gradient leaves
+  NaN behind (only a norm that overflows from finite gradients goes unseen: clipping zeroes those gradients).
+- `guarded(trainer_class)`, a subclass whose public training_step hands every micro-batch's raw loss to the callback
+  (HF's logging_nan_inf_filter, which replaces a NaN loss in the logs by an average, cannot hide it), and under
+  DeepSpeed, whose partitioned gradients the callback cannot see, the engine's gradient norm.
+The flags stay on the device until the one read per optimizer step.
 
     python train.py guard.skip_nonfinite=true guard.max_skipped=5
 """
@@ -12,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from transformers import TrainerCallback
 
@@ -27,62 +33,97 @@ class NonFiniteError(UserError):
 
 
 class NonFiniteGuard(TrainerCallback):
-    def __init__(self, skip: bool, max_skipped: int, checkpoints: Path, deepspeed: bool):
-        self.skip, self.max_skipped, self.checkpoints, self.deepspeed = skip, max_skipped, checkpoints, deepspeed
-        self.bad_loss: List[Any] = []  # non-finite checks of this step's micro-batch losses (tensors: one sync/step)
-        self.grad_norm = None
+    def __init__(self, enabled: bool, skip: bool, max_skipped: int, checkpoints: Path):
+        self.enabled, self.skip, self.max_skipped, self.checkpoints = enabled, skip, max_skipped, Path(checkpoints)
+        self.deepspeed = False
+        self.bad_losses: List[Any] = []  # one 0-dim bool tensor per micro-batch of this step
+        self.deepspeed_norm: Optional[float] = None
         self.skipped_steps: List[int] = []
+
+    @classmethod
+    def from_config(cls, guard_cfg, checkpoints: Path) -> "NonFiniteGuard":
+        return cls(bool(guard_cfg.enabled), bool(guard_cfg.skip_nonfinite), int(guard_cfg.max_skipped), checkpoints)
+
+    # ---- fed by the guarded trainer's training_step ----
 
     def watch_loss(self, loss) -> None:
         import torch
 
-        self.bad_loss.append(~torch.isfinite(loss.detach()).all())
+        if self.enabled:
+            self.bad_losses.append(~torch.isfinite(loss.detach()).all())
 
-    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        step = state.global_step + 1
-        loss_bad = any(bool(b) for b in self.bad_loss)
-        norm = float(self.grad_norm) if self.grad_norm is not None else None
-        norm_bad = norm is not None and not math.isfinite(norm)
-        self.bad_loss, self.grad_norm = [], None
-        if not (loss_bad or norm_bad):
+    def watch_deepspeed_norm(self, norm: Optional[float]) -> None:
+        self.deepspeed_norm = norm
+
+    # ---- callback ----
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.deepspeed = bool(args.deepspeed)  # gradients are partitioned: the engine's norm, and no skipping
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if not self.enabled:
             return
+        loss_bad, norm = self._read(model)
+        if not (loss_bad or (norm is not None and not math.isfinite(norm))):
+            return
+        step = state.global_step + 1
         what = "the loss" if loss_bad else f"the gradient norm ({norm})"
-        if self.skip and not self.deepspeed and len(self.skipped_steps) < self.max_skipped:
+        can_skip = self.skip and not self.deepspeed
+        if can_skip and len(self.skipped_steps) < self.max_skipped:
             optimizer.zero_grad(set_to_none=True)  # no gradient -> the optimizer leaves every weight as it is
             self.skipped_steps.append(step)
             log.warning("guard: step %d: %s is not finite; update skipped (%d so far)", step, what,
                         len(self.skipped_steps))
             return
         last = newest_complete(self.checkpoints, quiet=True)
-        why = ("more than guard.max_skipped=%d steps were skipped" % self.max_skipped if self.skip and not
-               self.deepspeed else "skipping is not available under DeepSpeed" if self.skip else "")
+        why = ("more than guard.max_skipped=%d steps were skipped" % self.max_skipped if can_skip
+               else "skipping is not available under DeepSpeed" if self.skip else "")
         raise NonFiniteError(
             f"step {step}: {what} is not finite (NaN or inf){'; ' + why if why else ''}. Last good checkpoint: "
             f"{last or 'none (no checkpoint saved yet)'}. Lower stage.args.learning_rate or check the data; to skip "
             f"such steps {'resume with resume=auto' if last else 'run again with'} guard.skip_nonfinite=true")
 
+    def _read(self, model):
+        """(any micro-batch loss non-finite, gradient norm or None): one device read for the whole step."""
+        import torch
+
+        flags, self.bad_losses = self.bad_losses, []
+        if self.deepspeed:
+            norm, self.deepspeed_norm = self.deepspeed_norm, None  # the engine's, already on the host
+            return bool(torch.stack(flags).any()) if flags else False, None if norm is None else float(norm)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return bool(torch.stack(flags).any()) if flags else False, None
+        norm = torch.nn.utils.get_total_norm(grads)  # of the clipped gradients (the trainer keeps its own)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # sharded (DTensor) gradients
+        loss_bad = torch.stack(flags).any() if flags else torch.zeros((), dtype=torch.bool)
+        loss_bad, norm = torch.stack([loss_bad.to(norm.device, torch.float32), norm.float()]).tolist()
+        return bool(loss_bad), norm
+
     def report(self) -> Dict[str, Any]:
         return {"nonfinite_skipped_steps": len(self.skipped_steps), "nonfinite_steps": list(self.skipped_steps)}
 
 
-def install(trainer, guard_cfg, checkpoints: Path) -> NonFiniteGuard:
-    """Watch every micro-batch loss (wrapping trainer.training_step) and the gradient norm the trainer computes
-    (wrapping trainer._get_grad_norm): works for every stage's trainer."""
-    guard = NonFiniteGuard(bool(guard_cfg.skip_nonfinite), int(guard_cfg.max_skipped), Path(checkpoints),
-                           deepspeed=bool(getattr(trainer, "is_deepspeed_enabled", False)))
-    if not guard_cfg.enabled:
-        return guard
-    training_step, get_grad_norm = trainer.training_step, trainer._get_grad_norm
+class GuardedTrainingStep:
+    """Mixin for a transformers.Trainer subclass: every micro-batch's loss (and, under DeepSpeed, the engine's
+    gradient norm after the step's last micro-batch) goes to the trainer's NonFiniteGuard callback, if it has one."""
 
-    def watched_training_step(*args, **kwargs):
-        loss = training_step(*args, **kwargs)
-        guard.watch_loss(loss)
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        guard = next((c for c in self.callback_handler.callbacks if isinstance(c, NonFiniteGuard)), None)
+        if guard is not None:
+            guard.watch_loss(loss)
+            if self.is_deepspeed_enabled and self.accelerator.sync_gradients and \
+                    hasattr(model, "get_global_grad_norm"):  # the DeepSpeed engine has just stepped
+                guard.watch_deepspeed_norm(model.get_global_grad_norm())
         return loss
 
-    def watched_grad_norm(*args, **kwargs):
-        guard.grad_norm = get_grad_norm(*args, **kwargs)
-        return guard.grad_norm
 
-    trainer.training_step, trainer._get_grad_norm = watched_training_step, watched_grad_norm
-    trainer.add_callback(guard)
-    return guard
+def guarded(trainer_class: type) -> type:
+    """`trainer_class` with GuardedTrainingStep mixed in (each stage's trainer class differs): build the stage's
+    trainer from this class so that the guard sees its raw losses."""
+    if issubclass(trainer_class, GuardedTrainingStep):
+        return trainer_class
+    return type(f"Guarded{trainer_class.__name__}", (GuardedTrainingStep, trainer_class),
+                {"__doc__": f"{trainer_class.__name__} whose micro-batch losses are checked by medgpt's guard "
+                            f"(medgpt.training.guard)."})

@@ -180,11 +180,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     model = load_model(cfg.model, cfg.hardware, kind=stage.MODEL_KIND, precision=precision, tokenizer=tokenizer,
                        allow_pickle=cfg.allow_pickle)
     timings: Dict[str, Any] = {}
+    atomic = checkpoints.atomic_saves(args)  # marks and rotates checkpoints (takes save_total_limit over)
+    nonfinite = guard.NonFiniteGuard.from_config(cfg.guard, run_dir / runs.CHECKPOINTS)
     trainer = stage.build_trainer(cfg=cfg, model=model, tokenizer=tokenizer, args=args,
                                   train_dataset=train_dataset, eval_dataset=eval_dataset,
-                                  callbacks=[tracking.first_step_timer(timings)])
-    checkpoints.make_atomic(trainer)
-    nonfinite = guard.install(trainer, cfg.guard, run_dir / runs.CHECKPOINTS)
+                                  callbacks=[tracking.first_step_timer(timings), atomic, nonfinite])
     result = trainer.train(resume_from_checkpoint=resume_from)
 
     metrics: Dict[str, Any] = {"status": "completed", "stage": cfg.stage.name, "model": cfg.model.name,
