@@ -35,7 +35,7 @@ def config_defaults(config_class) -> dict:
                                            "gradient_accumulation_steps")}
 
 
-def prepare(rows, tokenizer, cfg):
+def prepare(rows, tokenizer, cfg, settings):
     from trl import GRPOConfig
 
     if not cfg.stage.reward_funcs:
@@ -48,7 +48,7 @@ def prepare(rows, tokenizer, cfg):
                                                                               for r in rows))
 
 
-def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
     from trl import GRPOTrainer
 
     return GRPOTrainer(model=model, reward_funcs=instantiate_reward_funcs(cfg.stage.reward_funcs), args=args,

@@ -8,7 +8,7 @@ from medgpt.stages.dpo import prepare_pairs as prepare  # noqa: F401  (same pair
 MODEL_KIND = "causal"
 
 
-def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
     from trl.experimental.orpo import ORPOTrainer
 
     return ORPOTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,

@@ -15,13 +15,10 @@ MODEL_KIND = "causal"
 CACHEABLE = True  # prepare() only tokenizes: medgpt.data.cache may reuse its output
 
 
-def max_length(cfg) -> int:
-    """One max length for tokenization and the trainer: stage.args.max_length > data.max_length > model's."""
-    return cfg.stage.args.get("max_length") or cfg.data.max_length or cfg.model.max_length
-
-
-def prepare(rows, tokenizer, cfg):
-    columns, counts = tokenize_chats(rows, tokenizer, max_length(cfg), cfg.data.overlong)
+def prepare(rows, tokenizer, cfg, settings):
+    """Chats -> assistant-labelled token ids of at most settings.max_length (the trainer's max_length too)."""
+    columns, counts = tokenize_chats(rows, tokenizer, settings.max_length, cfg.data.overlong,
+                                     settings.source("max_length"))
     return Dataset.from_dict(columns), counts
 
 
@@ -57,9 +54,8 @@ def trainer_class():
     return BatchedSFTTrainer
 
 
-def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
 
-    args.max_length = max_length(cfg)
     trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                               processing_class=tokenizer, callbacks=callbacks)
     trainer.fused_lm_head = cfg.stage.fused_lm_head
@@ -69,7 +65,6 @@ def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, call
                              and not args.torch_compile)
     if not args.packing and cfg.stage.batching != "random":
         lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
-        budget = cfg.stage.tokens_per_batch or args.per_device_train_batch_size * args.max_length
-        trainer.batch_plan = plan_batches(cfg.stage.batching, lengths, args.per_device_train_batch_size, budget,
-                                          args.seed)
+        trainer.batch_plan = plan_batches(cfg.stage.batching, lengths, settings.per_device_train_batch_size,
+                                          settings.tokens_per_batch, settings.data_seed)
     return trainer
