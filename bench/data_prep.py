@@ -45,20 +45,21 @@ def main() -> None:
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
-    from medgpt.config import compose
+    from medgpt.config import compose, resolve
     from medgpt.data.cache import cached_prepare
     from medgpt.modeling.load import load_tokenizer
     from medgpt.stages import sft
 
     cfg = compose(["stage=sft", "model=tiny", f"model.max_length={options.max_length}",
                    f"data.num_proc={options.num_proc}"])
+    settings = resolve(cfg, {"cuda": False, "bf16": False})
     tokenizer = load_tokenizer(cfg.model)
     results = []
     for n in [int(s) for s in options.sizes.split(",")]:
         rows = replicated_rows(n)
-        first, (dataset, counts) = timed(cached_prepare, sft, rows, tokenizer, cfg)
+        first, (dataset, counts) = timed(cached_prepare, sft, rows, tokenizer, cfg, settings)
         assert counts["data_cache"] == "miss"
-        cached, (again, counts) = timed(cached_prepare, sft, rows, tokenizer, cfg)
+        cached, (again, counts) = timed(cached_prepare, sft, rows, tokenizer, cfg, settings)
         assert counts["data_cache"] == "hit" and len(again) == len(dataset)
         results.append((n, first, cached))
         print(f"  {n} records: first {first}, cached {cached} (wall s, cpu s)", file=sys.stderr, flush=True)

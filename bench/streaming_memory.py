@@ -46,24 +46,25 @@ def child(mode: str, corpus: str) -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    from medgpt.config import compose
+    from medgpt.config import compose, resolve
     from medgpt.modeling.load import load_tokenizer
 
     cfg = compose(["stage=pt", "model=tiny", "data=pt_demo", f"data.train_files=[{corpus}]", "data.block_size=512",
                    "data.eval_split=0", "stage.args.max_steps=1", f"data.streaming={mode == 'streaming'}"])
+    settings = resolve(cfg, {"cuda": False, "bf16": False})
     tokenizer = load_tokenizer(cfg.model)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if mode == "streaming":
         from medgpt.data.streaming import streaming_dataset
 
-        blocks = sum(1 for _ in streaming_dataset(cfg, tokenizer))
+        blocks = sum(1 for _ in streaming_dataset(cfg, tokenizer, settings))
     else:
         from medgpt.data import load_data
         from medgpt.stages import pt
 
         rows = load_data(cfg.data, cfg.stage)[0].rows
-        blocks = len(pt.prepare(rows, tokenizer, cfg)[0])
+        blocks = len(pt.prepare(rows, tokenizer, cfg, settings)[0])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"peak_mb": peak / 1024, "imports_mb": before / 1024, "blocks": blocks,
                       "seconds": time.perf_counter() - start}))

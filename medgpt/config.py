@@ -4,6 +4,10 @@ Trainer settings are *not* declared here: `stage.args` is a `{_target_: trl.SFTC
 checked against that class's own fields (see `check_trainer_args`). Everything else is a dataclass, so a
 misspelt key (`data.train_filez=...`) or a wrong type fails while Hydra composes, naming the key.
 
+A setting that more than one node can give (max length, seeds, precision, LoRA targets, gradient checkpointing, ...)
+is resolved once, by `resolve(cfg, device) -> RunSettings`, right after composition; everything downstream reads
+that record (see RunSettings for each field's precedence).
+
     python train.py --cfg job        # print the composed, validated config
 """
 from __future__ import annotations
@@ -13,7 +17,7 @@ import importlib
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -29,7 +33,7 @@ class ModelConfig:
     template: str = "chatml"  # a Jinja file under medgpt/modeling/templates/
     trust_remote_code: bool = False
     lora_target_modules: Any = "all-linear"  # "all-linear" or a list of module names
-    max_length: int = 2048
+    max_length: int = 2048  # tokens per sample, unless data.max_length or stage.args.max_length says (RunSettings)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2 | None (library default)
     rope_scaling: Dict[str, Any] = field(default_factory=dict)  # {type: linear|dynamic|yarn, factor: <n>|auto}
@@ -48,7 +52,7 @@ class StageConfig:
     reward_funcs: Any = None  # grpo/ppo: list of {_target_: ...} reward functions
     reference: str = "auto"  # dpo/kto: auto | copy | none (adapter-disabled reference with LoRA)
     batching: str = "token_budget"  # sft/pt batches: token_budget | group_by_length | random (medgpt.training.batching)
-    tokens_per_batch: Optional[int] = None  # token_budget: padded tokens per batch (default batch size x max length)
+    tokens_per_batch: Optional[int] = None  # token_budget: padded tokens per batch (default batch size x max_length)
     fused_lm_head: bool = False  # sft/pt: TRL's fused LM head (no full-vocabulary logits): for big batch x vocabulary
 
 
@@ -66,7 +70,7 @@ class DataConfig:
     max_samples: Optional[int] = None
     eval_split: float = 0.0  # fraction held out for eval when no eval_files
     on_bad_record: str = "error"  # error | skip (skipped records are counted and reported)
-    max_length: Optional[int] = None  # tokens per sample; model.max_length when None
+    max_length: Optional[int] = None  # tokens per sample: beats model.max_length, not stage.args.max_length
     overlong: str = "truncate"  # truncate | drop | error, for samples longer than max_length
     block_size: int = 512  # pt: tokens per training block
     system_prompt: Optional[str] = None  # added to conversations that have none
@@ -86,13 +90,13 @@ class HardwareConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_target_modules: Any = None  # None: the model config's list
+    lora_target_modules: Any = None  # None: the model config's list (RunSettings.lora_target_modules)
     modules_to_save: Optional[List[str]] = None
     freeze_trainable_layers: int = 2  # freeze: train only the last N layers ...
     freeze_trainable_modules: List[str] = field(default_factory=list)  # ... and/or these named modules
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # unless stage.args.gradient_checkpointing says (RunSettings)
     deepspeed: Any = None  # a dict from hardware/deepspeed/<zeroN>
-    args: Dict[str, Any] = field(default_factory=dict)  # extra trainer args this hardware needs
+    args: Dict[str, Any] = field(default_factory=dict)  # extra trainer args this hardware needs (not RunSettings')
 
 
 @dataclass
@@ -232,3 +236,150 @@ def check_trainer_args(cfg: DictConfig) -> type:
 
 def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The run's effective settings: one resolver, one record
+
+
+GPU_DEVICE = {"cuda": True, "bf16": True}  # resolve(cfg, GPU_DEVICE): the run as a bf16 GPU would train it
+# (medgpt estimate, medgpt data inspect: commands that plan a run rather than run it here)
+PRECISIONS = ("fp32", "bf16", "fp16")
+# stage.args fields that RunSettings resolves (from stage.args and the other nodes): hardware.args must not set them
+RESOLVED_TRAINER_ARGS = ("max_length", "seed", "data_seed", "bf16", "fp16", "use_cpu", "gradient_checkpointing",
+                         "per_device_train_batch_size")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every setting that more than one config node can give, resolved once by `resolve(cfg, device)` right after
+    composition. Trainer args, data preparation and its cache key, `medgpt data inspect`, the memory estimate, RoPE
+    `factor: auto` and evaluation read these fields, never the nodes. An explicit stage.args value (the trainer's own
+    name for the setting) beats the data node, which beats the model / hardware node; null counts as not given.
+    `sources` names the key each value came from (for messages: "raise stage.args.max_length")."""
+
+    max_length: int  # tokens per sample: stage.args.max_length > data.max_length > model.max_length
+    seed: int  # stage.args.seed > seed
+    data_seed: int  # eval split, stream shuffle, batch order: stage.args.data_seed > the seed above
+    precision: str  # fp32 | bf16 | fp16: stage.args.bf16/fp16 > hardware.precision (auto: by device, resolve_precision)
+    cuda: bool  # trains on a CUDA GPU: the device given to resolve(), unless stage.args.use_cpu=true
+    lora_target_modules: Union[str, Tuple[str, ...]]  # hardware.lora_target_modules > model.lora_target_modules
+    gradient_checkpointing: bool  # stage.args.gradient_checkpointing > hardware.gradient_checkpointing
+    per_device_train_batch_size: Optional[int]  # stage.args > the trainer config's default; None: no trainer (eval)
+    tokens_per_batch: Optional[int]  # token_budget batches: stage.tokens_per_batch > per-device batch x max_length
+    template: str  # chat template: model.template
+    sources: Dict[str, str] = field(default_factory=dict, compare=False)  # setting -> the key that gave it
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name, name)
+
+    def trainer_args(self) -> Dict[str, Any]:
+        """These settings under the trainer config's names (RESOLVED_TRAINER_ARGS)."""
+        args = {"max_length": self.max_length, "seed": self.seed, "data_seed": self.data_seed,
+                "bf16": self.precision == "bf16", "fp16": self.precision == "fp16", "use_cpu": not self.cuda,
+                "gradient_checkpointing": self.gradient_checkpointing}
+        if self.per_device_train_batch_size is not None:
+            args["per_device_train_batch_size"] = self.per_device_train_batch_size
+        return args
+
+    def summary(self) -> str:
+        return ", ".join(f"{f.name}={getattr(self, f.name)} ({self.source(f.name)})"
+                         for f in dataclasses.fields(self) if f.name != "sources")
+
+
+def resolve(cfg: DictConfig, device: Dict[str, bool]) -> RunSettings:
+    """The run's effective settings, each derived here and nowhere else (precedence: RunSettings' fields).
+    device: {"cuda": bool, "bf16": bool}, as medgpt.modeling.hardware.device_info() detects it, or GPU_DEVICE."""
+    check_hardware_args(cfg.hardware)
+    args, sources = cfg.stage.args, {}
+
+    def pick(name: str, *candidates: Tuple[str, Any]) -> Any:
+        key, value = next(((k, v) for k, v in candidates if v is not None), candidates[-1])
+        sources[name] = key
+        return value
+
+    max_length = pick("max_length", ("stage.args.max_length", args.get("max_length")),
+                      ("data.max_length", cfg.data.max_length), ("model.max_length", cfg.model.max_length))
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        raise UserError(f"{sources['max_length']}={max_length}: give a positive number of tokens per sample")
+    seed = pick("seed", ("stage.args.seed", args.get("seed")), ("seed", cfg.seed))
+    data_seed = pick("data_seed", ("stage.args.data_seed", args.get("data_seed")), (sources["seed"], seed))
+    cuda = bool(device["cuda"]) and not args.get("use_cpu")
+    sources["cuda"] = "stage.args.use_cpu" if device["cuda"] and not cuda else "device"
+    precision, sources["precision"] = run_precision(cfg, {"cuda": cuda, "bf16": cuda and bool(device["bf16"])})
+    targets = pick("lora_target_modules", ("hardware.lora_target_modules", cfg.hardware.lora_target_modules),
+                   ("model.lora_target_modules", cfg.model.lora_target_modules), ("default", "all-linear"))
+    checkpointing = pick("gradient_checkpointing", ("stage.args.gradient_checkpointing",
+                                                    args.get("gradient_checkpointing")),
+                         ("hardware.gradient_checkpointing", cfg.hardware.gradient_checkpointing))
+    batch = pick("per_device_train_batch_size", ("stage.args.per_device_train_batch_size",
+                                                 args.get("per_device_train_batch_size")),
+                 ("the trainer config's default", trainer_default(args, "per_device_train_batch_size")))
+    tokens = pick("tokens_per_batch", ("stage.tokens_per_batch", cfg.stage.tokens_per_batch),
+                  ("per_device_train_batch_size x max_length",
+                   batch * max_length if batch is not None else None))
+    sources["template"] = "model.template"
+    return RunSettings(max_length=max_length, seed=seed, data_seed=data_seed, precision=precision, cuda=cuda,
+                       lora_target_modules=lora_targets(targets, sources["lora_target_modules"]),
+                       gradient_checkpointing=bool(checkpointing), per_device_train_batch_size=batch,
+                       tokens_per_batch=tokens, template=cfg.model.template, sources=sources)
+
+
+def check_hardware_args(hw) -> None:
+    """hardware.args may add trainer args, but not one RunSettings resolves from its own keys."""
+    owned = [k for k in RESOLVED_TRAINER_ARGS if k in (hw.args or {})]
+    if owned:
+        key = owned[0]
+        other = {"bf16": "hardware.precision", "fp16": "hardware.precision", "seed": "seed",
+                 "gradient_checkpointing": "hardware.gradient_checkpointing"}.get(key)
+        raise UserError(f"hardware.args.{key}: a run setting resolved from its own keys (medgpt.config.RunSettings): "
+                        f"set stage.args.{key}{f' or {other}' if other else ''} instead")
+
+
+def resolve_precision(precision: str, device: Dict[str, bool]) -> str:
+    """hardware.precision on a device: auto -> bf16 on a GPU that has it, fp16 on another GPU, fp32 without one."""
+    if precision == "auto":
+        return "bf16" if device["bf16"] else ("fp16" if device["cuda"] else "fp32")
+    if precision in ("bf16", "fp16") and not device["cuda"]:
+        raise UserError(f"hardware.precision={precision} needs a CUDA GPU; none is visible. Use hardware=cpu "
+                        f"(fp32) or hardware.precision=fp32")
+    if precision not in PRECISIONS:
+        raise UserError(f"hardware.precision={precision}: use auto, fp32, bf16 or fp16")
+    return precision
+
+
+def run_precision(cfg: DictConfig, device: Dict[str, bool]) -> Tuple[str, str]:
+    """(precision, the key that decided it): stage.args.bf16/fp16=true name it; else hardware.precision; and
+    stage.args.bf16/fp16=false turn off the precision hardware.precision resolved to (fp32 then)."""
+    bf16, fp16 = cfg.stage.args.get("bf16"), cfg.stage.args.get("fp16")
+    if bf16 and fp16:
+        raise UserError("stage.args.bf16 and stage.args.fp16 are both true: keep one, or drop both and set "
+                        "hardware.precision=bf16|fp16")
+    if bf16 or fp16:
+        key = "stage.args.bf16" if bf16 else "stage.args.fp16"
+        if not device["cuda"]:
+            raise UserError(f"{key}=true needs a CUDA GPU; none is visible. Drop it (hardware.precision decides: "
+                            f"fp32 without a GPU)")
+        return ("bf16" if bf16 else "fp16"), key
+    precision = resolve_precision(cfg.hardware.precision, device)
+    if {"bf16": bf16, "fp16": fp16}.get(precision) is False:
+        return "fp32", f"stage.args.{precision}"
+    return precision, "hardware.precision"
+
+
+def lora_targets(targets: Any, key: str) -> Union[str, Tuple[str, ...]]:
+    """"all-linear" or a tuple of module names."""
+    if isinstance(targets, str):
+        return targets
+    names = tuple(str(t) for t in targets)
+    if not names:
+        raise UserError(f"{key}=[]: name the modules LoRA adapts, or null for the model config's list")
+    return names
+
+
+def trainer_default(args: Any, name: str) -> Any:
+    """A field's default in stage.args' trainer config class (None without one, as stage=eval has)."""
+    target = args.get("_target_")
+    if not target:
+        return None
+    return import_object(target).__dataclass_fields__[name].default

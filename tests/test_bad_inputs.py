@@ -23,6 +23,7 @@ def load(path, *overrides, stage: str = "sft"):
     return load_data(cfg.data, cfg.stage, seed=cfg.seed)
 
 
+CPU = {"cuda": False, "bf16": False}  # medgpt.config.resolve's device for these tests
 CHAT = {"messages": [{"role": "user", "content": "Is fever dangerous?"}, {"role": "assistant", "content": "Often not."}]}
 
 
@@ -88,18 +89,20 @@ def test_empty_text(tmp_path):
 
 @pytest.mark.parametrize("policy, counted", [("truncate", "truncated"), ("drop", "dropped_overlong")])
 def test_overlong_samples_are_truncated_or_dropped_and_counted(policy, counted):
+    from medgpt.config import resolve
     from medgpt.modeling.load import load_tokenizer
     from medgpt.stages import sft
 
     cfg = compose("data.max_length=64", f"data.overlong={policy}")
     long = {"messages": [{"role": "user", "content": "fever " * 5}, {"role": "assistant", "content": "rest " * 200}]}
-    dataset, counts = sft.prepare([CHAT, long], load_tokenizer(cfg.model), cfg)
+    dataset, counts = sft.prepare([CHAT, long], load_tokenizer(cfg.model), cfg, resolve(cfg, CPU))
     assert counts[counted] == 1
     assert len(dataset) == (2 if policy == "truncate" else 1)
     assert max(len(ids) for ids in dataset["input_ids"]) <= 64
 
 
 def test_overlong_sample_with_policy_error():
+    from medgpt.config import resolve
     from medgpt.errors import UserError
     from medgpt.modeling.load import load_tokenizer
     from medgpt.stages import sft
@@ -107,7 +110,7 @@ def test_overlong_sample_with_policy_error():
     cfg = compose("data.max_length=64", "data.overlong=error")
     long = {"messages": [{"role": "user", "content": "fever"}, {"role": "assistant", "content": "rest " * 200}]}
     with pytest.raises(UserError, match="sample 2 has .* tokens, more than max_length=64. Raise data.max_length"):
-        sft.prepare([CHAT, long], load_tokenizer(cfg.model), cfg)
+        sft.prepare([CHAT, long], load_tokenizer(cfg.model), cfg, resolve(cfg, CPU))
 
 
 def test_preference_pair_with_identical_answers(tmp_path):
@@ -131,6 +134,7 @@ def test_unknown_config_name_lists_the_valid_ones(group, valid):
 def test_flash_attention_without_cuda_suggests_cpu():
     import torch
 
+    from medgpt.config import resolve
     from medgpt.errors import UserError
     from medgpt.modeling.load import load_model
 
@@ -138,7 +142,7 @@ def test_flash_attention_without_cuda_suggests_cpu():
         pytest.skip("this machine has CUDA")
     cfg = compose("model.attn_implementation=flash_attention_2")
     with pytest.raises(UserError, match="flash_attention_2 needs a CUDA GPU; none is visible. Use model.attn_implementation=sdpa .*hardware=cpu"):
-        load_model(cfg.model, cfg.hardware)
+        load_model(cfg.model, cfg.hardware, resolve(cfg, CPU))
 
 
 def test_qlora_without_cuda_or_bitsandbytes(monkeypatch):
@@ -147,6 +151,7 @@ def test_qlora_without_cuda_or_bitsandbytes(monkeypatch):
 
     import torch
 
+    from medgpt.config import resolve
     from medgpt.errors import UserError
     from medgpt.modeling.load import load_model
 
@@ -155,7 +160,7 @@ def test_qlora_without_cuda_or_bitsandbytes(monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     cfg = compose("hardware=qlora4")
     with pytest.raises(UserError, match="quantization=4bit without a CUDA GPU needs bitsandbytes.*hardware=cpu"):
-        load_model(cfg.model, cfg.hardware)
+        load_model(cfg.model, cfg.hardware, resolve(cfg, CPU))
 
 
 @pytest.mark.parametrize("override", ["stage.args.per_device_train_batch_size=0",

@@ -88,17 +88,19 @@ def _sft_trainer(tmp_path, **args):
     from trl import SFTConfig
 
     from conftest import compose
+    from medgpt.config import resolve
     from medgpt.modeling.load import load_model, load_tokenizer
     from medgpt.training.run import prepare_datasets
     from medgpt.stages import sft
 
     cfg = compose("stage.args.max_steps=1", "stage.tokens_per_batch=512", "data.eval_split=0")
+    settings = resolve(cfg, {"cuda": False, "bf16": False})
     tokenizer = load_tokenizer(cfg.model)
-    train, _, _ = prepare_datasets(cfg, sft, tokenizer)
+    train, _, _ = prepare_datasets(cfg, sft, tokenizer, settings)
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none",
                      per_device_train_batch_size=4, **args)
-    model = load_model(cfg.model, cfg.hardware, tokenizer=tokenizer)
-    return sft.build_trainer(cfg, model, tokenizer, args, train, None, []), train
+    model = load_model(cfg.model, cfg.hardware, settings, tokenizer=tokenizer)
+    return sft.build_trainer(cfg, model, tokenizer, args, train, None, [], settings), train
 
 
 def test_sft_trainer_uses_the_batch_plan(tmp_path):

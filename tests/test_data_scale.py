@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF, DEMO, SAMPLES, compose, run_cli, train_in_process
+from medgpt.config import resolve
 from medgpt.errors import UserError
 
 DATA_FILES = sorted((CONF / "data").glob("*.yaml"))
@@ -215,7 +216,7 @@ def test_mixed_data_report_counts_each_source(tiny_tokenizer, caplog, cache_dir)
 
     cfg = compose("data=medical_sft_mix", "data.max_samples=40", "data.eval_split=0", "model.max_length=256")
     with caplog.at_level("INFO", logger="medgpt.data.mix"):
-        train, _, report = prepare_datasets(cfg, sft, tiny_tokenizer)
+        train, _, report = prepare_datasets(cfg, sft, tiny_tokenizer, settings(cfg))
     assert report["mix"] == {"sft_demo": 10, "medical_sft": 30} and report["train_records"] == 40
     assert len(train) == 40 - report.get("dropped_no_loss", 0)
     assert "'sft_demo': 10, 'medical_sft': 30" in caplog.text
@@ -264,7 +265,7 @@ def test_streaming_sft_reads_a_hub_stream(monkeypatch, tiny_tokenizer):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     cfg = compose("stage=sft", "data=shibing624_medical_finetune", "data.streaming=true", "stage.args.max_steps=2")
-    samples = list(streaming_dataset(cfg, tiny_tokenizer))
+    samples = list(streaming_dataset(cfg, tiny_tokenizer, settings(cfg)))
     assert len(samples) == 10
     answers = sorted(tiny_tokenizer.decode([t for t in s["labels"] if t != -100]) for s in samples)
     assert answers[0].startswith("answer 0")
@@ -276,6 +277,11 @@ def test_streaming_sft_reads_a_hub_stream(monkeypatch, tiny_tokenizer):
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDGPT_DATA_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+def settings(cfg):
+    """The run's settings (medgpt.config.resolve), as on a CPU."""
+    return resolve(cfg, {"cuda": False, "bf16": False})
 
 
 def sft_rows(n=40):
@@ -292,32 +298,33 @@ def test_cache_reuses_and_invalidates(cache_dir, tiny_tokenizer):
     from medgpt.stages import sft
 
     cfg, rows = compose("stage=sft", "model.max_length=256"), sft_rows()
-    first, counts = cached_prepare(sft, rows, tiny_tokenizer, cfg)
+    first, counts = cached_prepare(sft, rows, tiny_tokenizer, cfg, settings(cfg))
     assert counts["data_cache"] == "miss"
-    again, counts_again = cached_prepare(sft, rows, tiny_tokenizer, cfg)
+    again, counts_again = cached_prepare(sft, rows, tiny_tokenizer, cfg, settings(cfg))
     assert counts_again["data_cache"] == "hit" and again["input_ids"] == first["input_ids"]
     assert counts_again["truncated"] == counts["truncated"] > 0  # counts come back from the cache too
 
     cfg_lr = compose("stage=sft", "model.max_length=256", "stage.args.learning_rate=1e-3")
-    assert cached_prepare(sft, rows, tiny_tokenizer, cfg_lr)[1]["data_cache"] == "hit"  # not a data option
+    cached = cached_prepare(sft, rows, tiny_tokenizer, cfg_lr, settings(cfg_lr))
+    assert cached[1]["data_cache"] == "hit"  # not a data option
 
     changed = copy.deepcopy(rows)
     changed[5]["messages"][-1]["content"] += " (edited)"
-    assert cached_prepare(sft, changed, tiny_tokenizer, cfg)[1]["data_cache"] == "miss"
+    assert cached_prepare(sft, changed, tiny_tokenizer, cfg, settings(cfg))[1]["data_cache"] == "miss"
 
     from medgpt.modeling.templates import load_template
 
     other_template = copy.copy(tiny_tokenizer)
     other_template.chat_template = load_template("chatml")
     assert other_template.chat_template != tiny_tokenizer.chat_template
-    assert cached_prepare(sft, rows, other_template, cfg)[1]["data_cache"] == "miss"
+    assert cached_prepare(sft, rows, other_template, cfg, settings(cfg))[1]["data_cache"] == "miss"
 
     cfg_len = compose("stage=sft", "model.max_length=128")
-    assert cached_prepare(sft, rows, tiny_tokenizer, cfg_len)[1]["data_cache"] == "miss"
+    assert cached_prepare(sft, rows, tiny_tokenizer, cfg_len, settings(cfg_len))[1]["data_cache"] == "miss"
     assert len([p for p in cache_dir.iterdir() if p.is_dir()]) == 4
 
     cfg_off = compose("stage=sft", "model.max_length=256", "data.cache=false")
-    assert cached_prepare(sft, rows, tiny_tokenizer, cfg_off)[1]["data_cache"] == "off"
+    assert cached_prepare(sft, rows, tiny_tokenizer, cfg_off, settings(cfg_off))[1]["data_cache"] == "off"
 
 
 @pytest.mark.samples
@@ -327,16 +334,16 @@ def test_concurrent_processes_prepare_once(cache_dir, tiny_tokenizer, monkeypatc
 
     calls, real_prepare = [], sft.prepare
 
-    def counting_prepare(rows, tokenizer, cfg):
+    def counting_prepare(rows, tokenizer, cfg, run_settings):
         calls.append(1)
-        return real_prepare(rows, tokenizer, cfg)
+        return real_prepare(rows, tokenizer, cfg, run_settings)
 
     monkeypatch.setattr(sft, "prepare", counting_prepare)
     cfg, rows = compose("stage=sft", "model.max_length=256"), sft_rows(20)
     results = [None, None]
 
     def rank(i):
-        results[i] = cached_prepare(sft, rows, tiny_tokenizer, cfg)
+        results[i] = cached_prepare(sft, rows, tiny_tokenizer, cfg, settings(cfg))
 
     threads = [threading.Thread(target=rank, args=(i,)) for i in range(2)]
     for t in threads:
@@ -354,8 +361,10 @@ def test_num_proc_workers_give_the_same_tokens(tiny_tokenizer):
     from medgpt.stages import sft
 
     rows = sft_rows(30)
-    one = prepare_parallel(sft, rows, tiny_tokenizer, compose("stage=sft", "model.max_length=256"))
-    two = prepare_parallel(sft, rows, tiny_tokenizer, compose("stage=sft", "model.max_length=256", "data.num_proc=2"))
+    cfg_one = compose("stage=sft", "model.max_length=256")
+    cfg_two = compose("stage=sft", "model.max_length=256", "data.num_proc=2")
+    one = prepare_parallel(sft, rows, tiny_tokenizer, cfg_one, settings(cfg_one))
+    two = prepare_parallel(sft, rows, tiny_tokenizer, cfg_two, settings(cfg_two))
     assert one[0]["input_ids"] == two[0]["input_ids"] and one[1] == two[1]
 
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from conftest import compose
+from medgpt.config import resolve
 from medgpt.modeling import hardware
 from medgpt.errors import UserError
 
@@ -24,20 +25,26 @@ def test_qlora8_and_full_quantization():
 
 def test_lora_targets_come_from_the_model_config_unless_hardware_sets_them():
     cfg = compose("hardware=lora", "model=qwen2.5-7b")
-    lora = hardware.lora_config(cfg.hardware, cfg.model.lora_target_modules)
+    lora = hardware.lora_config(cfg.hardware, resolve(cfg, CPU).lora_target_modules)
     assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert lora.r == 8 and lora.lora_alpha == 16 and not lora.use_dora
     cfg = compose("hardware=lora", "hardware.lora_target_modules=[q_proj]", "hardware.lora_r=4")
-    lora = hardware.lora_config(cfg.hardware, cfg.model.lora_target_modules)
+    lora = hardware.lora_config(cfg.hardware, resolve(cfg, CPU).lora_target_modules)
     assert set(lora.target_modules) == {"q_proj"} and lora.r == 4
     assert hardware.lora_config(compose("hardware=cpu").hardware, "all-linear") is None
 
 
+def precision_args(precision, device):
+    """The precision trainer args of a run (medgpt.config.resolve) with this hardware.precision on this device."""
+    args = resolve(compose(f"hardware.precision={precision}"), device).trainer_args()
+    return {k: args[k] for k in ("bf16", "fp16", "use_cpu")}
+
+
 def test_precision_follows_the_device():
-    assert hardware.precision_args("auto", CPU) == {"bf16": False, "fp16": False, "use_cpu": True}
-    assert hardware.precision_args("auto", GPU_BF16) == {"bf16": True, "fp16": False, "use_cpu": False}
+    assert precision_args("auto", CPU) == {"bf16": False, "fp16": False, "use_cpu": True}
+    assert precision_args("auto", GPU_BF16) == {"bf16": True, "fp16": False, "use_cpu": False}
     with pytest.raises(UserError, match="needs a CUDA GPU"):
-        hardware.precision_args("bf16", CPU)
+        precision_args("bf16", CPU)
 
 
 def test_quantization_without_adapters_is_refused():

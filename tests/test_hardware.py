@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import CONF, compose, train_in_process
+from medgpt.config import resolve
 from medgpt.modeling import hardware
 from medgpt.errors import UserError
 
@@ -75,11 +76,17 @@ def test_flash_attention_errors_say_what_to_install():
         hardware.check_attention("flash", CPU)
 
 
+def precision_args(device, precision="auto"):
+    """The precision trainer args of a run (medgpt.config.resolve) on this device."""
+    args = resolve(compose(f"hardware.precision={precision}"), device).trainer_args()
+    return {k: args[k] for k in ("bf16", "fp16", "use_cpu")}
+
+
 def test_precision_and_method_checks():
-    assert hardware.precision_args("auto", CPU) == {"bf16": False, "fp16": False, "use_cpu": True}
-    assert hardware.precision_args("auto", GPU)["bf16"] is True
+    assert precision_args(CPU) == {"bf16": False, "fp16": False, "use_cpu": True}
+    assert precision_args(GPU)["bf16"] is True
     with pytest.raises(UserError, match="needs a CUDA GPU"):
-        hardware.resolve_precision("bf16", CPU)
+        precision_args(CPU, "bf16")
     with pytest.raises(UserError, match="set hardware.method=lora"):
         hardware.check_method(compose("hardware=full", "hardware.quantization=4bit").hardware)
 
@@ -94,8 +101,8 @@ def test_bitsandbytes_and_lora_configs():
     lora = hardware.lora_config(compose("hardware=lora", "hardware.lora_r=4").hardware, ["q_proj", "v_proj"])
     assert lora.r == 4 and lora.target_modules == {"q_proj", "v_proj"} and not lora.use_dora
     assert lora.modules_to_save is None
-    own = hardware.lora_config(compose("hardware=dora", "hardware.lora_target_modules=[o_proj]",
-                                       "hardware.modules_to_save=[lm_head]").hardware, "all-linear",
+    cfg = compose("hardware=dora", "hardware.lora_target_modules=[o_proj]", "hardware.modules_to_save=[lm_head]")
+    own = hardware.lora_config(cfg.hardware, resolve(cfg, CPU).lora_target_modules,
                                embedding_modules=["embed_tokens", "lm_head"])
     assert own.use_dora and own.target_modules == {"o_proj"}
     assert own.modules_to_save == ["lm_head", "embed_tokens"]

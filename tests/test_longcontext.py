@@ -7,11 +7,18 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose
+from medgpt.config import resolve
 from medgpt.errors import UserError
 from medgpt.modeling.longcontext import rope_settings, shifted_sparse_attention
 from medgpt.modeling.load import load_model, load_tokenizer
 
 BASE = {"rope_theta": 10000.0, "rope_type": "default"}
+CPU = {"cuda": False, "bf16": False}
+
+
+def settings(cfg):
+    """The run's settings (medgpt.config.resolve), as on a CPU: fp32."""
+    return resolve(cfg, CPU)
 
 
 def test_rope_factor_from_max_length():
@@ -36,8 +43,8 @@ def test_rope_scaling_errors(bad):
 
 def test_rope_scaling_loads_on_the_tiny_model():
     cfg = compose("model.rope_scaling={type: linear, factor: auto}", "model.max_length=8192")
-    model = load_model(cfg.model, cfg.hardware)
-    plain = load_model(compose().model, cfg.hardware)
+    model = load_model(cfg.model, cfg.hardware, settings(cfg))
+    plain = load_model(compose().model, cfg.hardware, settings(compose()))
     assert model.config.rope_parameters == {"rope_theta": 10000.0, "rope_type": "linear", "factor": 2.0}
     assert model.config.max_position_embeddings == 8192
     torch.testing.assert_close(model.model.rotary_emb.inv_freq, plain.model.rotary_emb.inv_freq / 2)
@@ -69,8 +76,8 @@ def test_s2attn_matches_its_definition():
 @pytest.fixture(scope="module")
 def s2_models():
     cfg = compose("model.attn_implementation=s2attn")
-    s2 = load_model(cfg.model, cfg.hardware)
-    full = load_model(compose("model.attn_implementation=sdpa").model, cfg.hardware)
+    s2 = load_model(cfg.model, cfg.hardware, settings(cfg))
+    full = load_model(compose("model.attn_implementation=sdpa").model, cfg.hardware, settings(cfg))
     return s2, full
 
 
@@ -108,7 +115,7 @@ def test_s2attn_refuses_other_architectures(tmp_path):
     GPT2Config(n_layer=1).save_pretrained(tmp_path)
     model_cfg = OmegaConf.create({"rope_scaling": None, "attn_implementation": "s2attn", "trust_remote_code": False})
     with pytest.raises(UserError, match="s2attn supports"):
-        load_kwargs(model_cfg, str(tmp_path))
+        load_kwargs(model_cfg, str(tmp_path), 512)
 
 
 def test_neftune_noises_training_embeddings_only(tmp_path):
@@ -121,7 +128,7 @@ def test_neftune_noises_training_embeddings_only(tmp_path):
     cfg = compose("stage.args.neftune_noise_alpha=5", "stage.args.max_steps=2", "data.max_samples=8")
     check_trainer_args(cfg)  # a real SFTConfig field
     tokenizer = load_tokenizer(cfg.model)
-    model = load_model(cfg.model, cfg.hardware)
+    model = load_model(cfg.model, cfg.hardware, settings(cfg))
     embed = model.get_input_embeddings()
     ids = torch.arange(10)[None]
     seen = {}
@@ -141,7 +148,8 @@ def test_neftune_noises_training_embeddings_only(tmp_path):
     args = SFTConfig(output_dir=str(tmp_path), max_steps=2, neftune_noise_alpha=cfg.stage.args.neftune_noise_alpha,
                      use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=2, save_strategy="no")
     rows = [{"input_ids": [1, 2, 3, 4, 5], "labels": [1, 2, 3, 4, 5]}] * 4
-    trainer = sft.build_trainer(cfg, model, tokenizer, args, Dataset.from_list(rows), None, [Probe()])
+    trainer = sft.build_trainer(cfg, model, tokenizer, args, Dataset.from_list(rows), None, [Probe()],
+                                settings(cfg))
     trainer.train()
     assert seen == {"train_differs": True, "noise_resampled": True, "eval_plain": True}
     model.train()

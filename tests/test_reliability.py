@@ -290,6 +290,7 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_dir, tmp_path):
     import torch
     from safetensors.torch import load_file
 
+    from medgpt.config import resolve
     from medgpt.errors import UserError
     from medgpt.modeling.load import load_model
 
@@ -297,9 +298,10 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_dir, tmp_path):
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
     cfg = compose(f"model.path={folder}")
+    settings = resolve(cfg, {"cuda": False, "bf16": False})
     with pytest.raises(UserError, match="pickle weights only.*allow_pickle=true"):
-        load_model(cfg.model, cfg.hardware)
-    assert load_model(cfg.model, cfg.hardware, allow_pickle=True) is not None
+        load_model(cfg.model, cfg.hardware, settings)
+    assert load_model(cfg.model, cfg.hardware, settings, allow_pickle=True) is not None
 
 
 def test_trust_remote_code_is_off_unless_a_model_config_sets_it():

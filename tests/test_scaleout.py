@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, compose, free_port, run_cli, train_in_process
+from medgpt.config import GPU_DEVICE, resolve
 from medgpt.modeling import estimate
 from medgpt.errors import UserError
 
@@ -62,10 +63,13 @@ def test_warns_before_training_when_the_estimate_exceeds_the_gpu(monkeypatch, ca
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 24e9}))
-    args = type("A", (), {"per_device_train_batch_size": 1, "bf16": True, "fp16": False})
+    def warn(*overrides):  # the run's settings on a bf16 GPU, micro batch 1
+        cfg = compose(*overrides, "stage.args.per_device_train_batch_size=1")
+        return estimate.warn_if_too_large(cfg, resolve(cfg, GPU_DEVICE))
+
     with caplog.at_level(logging.WARNING, logger="medgpt.modeling.estimate"):
-        big = estimate.warn_if_too_large(compose("model.name=llama-13b", "hardware=full"), args)
-        small = estimate.warn_if_too_large(compose("model.name=llama-7b", "hardware=qlora4"), args)
+        big = warn("model.name=llama-13b", "hardware=full")
+        small = warn("model.name=llama-7b", "hardware=qlora4")
     assert big.total > 24e9 > small.total
     assert len([r for r in caplog.records if "exceeds the visible 24.0 GB" in r.getMessage()]) == 1
 

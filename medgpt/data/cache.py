@@ -2,9 +2,9 @@
 depends on, and reused by later runs and by every process of a multi-process launch.
 
 Key = data content (the normalised records) + tokenizer (its vocabulary, merges, special tokens) + chat template
-+ stage (name, module, the code of the stage module and of medgpt.data.tokenize) + lengths (max_length, overlong,
-block_size, stage.args fields named *length*) + data.num_proc. Anything else (learning rate, epochs, ...) leaves
-the cache valid.
++ stage (name, module, the code of the stage module and of medgpt.data.tokenize) + lengths (the run's max_length,
+overlong, block_size, stage.args fields named *length*) + data.num_proc. Anything else (learning rate, epochs, ...)
+leaves the cache valid.
 The first process to take the folder's lock prepares and saves; the others wait on the lock, then load it.
 
     MEDGPT_DATA_CACHE=/fast/disk python train.py data.num_proc=8      # cache folder (~/.cache/medgpt/datasets)
@@ -27,6 +27,7 @@ from typing import List, Tuple
 
 from omegaconf import OmegaConf
 
+from medgpt.config import RunSettings
 from medgpt.data import tokenize
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def rows_fingerprint(rows: List[dict]) -> str:
     return h.hexdigest()
 
 
-def cache_key(stage, rows: List[dict], tokenizer, cfg) -> str:
+def cache_key(stage, rows: List[dict], tokenizer, cfg, settings: RunSettings) -> str:
 
     args = OmegaConf.to_container(cfg.stage.args, resolve=True)
     stage_fields = {k: v for k, v in OmegaConf.to_container(cfg.stage, resolve=True).items() if k != "args"}
@@ -67,7 +68,7 @@ def cache_key(stage, rows: List[dict], tokenizer, cfg) -> str:
         "stage": stage_fields,  # name, module, formats, reward functions/model (checked in prepare)
         "code": [inspect.getsource(stage), inspect.getsource(tokenize)],
         "template": tokenizer.chat_template,
-        "max_length": cfg.data.max_length or cfg.model.max_length, "overlong": cfg.data.overlong,
+        "max_length": settings.max_length, "overlong": cfg.data.overlong,
         "block_size": cfg.data.block_size, "args": {k: v for k, v in args.items() if "length" in k},
         "num_proc": cfg.data.num_proc or 1,  # pt packs each worker's share separately
     }
@@ -78,18 +79,18 @@ def cache_key(stage, rows: List[dict], tokenizer, cfg) -> str:
     return f"{cfg.stage.name}-{h.hexdigest()[:24]}"
 
 
-def cached_prepare(stage, rows: List[dict], tokenizer, cfg) -> Tuple[object, dict]:
-    """stage.prepare(rows, tokenizer, cfg), read from the cache when an entry with the same key exists.
+def cached_prepare(stage, rows: List[dict], tokenizer, cfg, settings: RunSettings) -> Tuple[object, dict]:
+    """stage.prepare(rows, tokenizer, cfg, settings), read from the cache when an entry with the same key exists.
     Returns (dataset, counts); counts gain data_cache: hit | miss | off."""
     if not cfg.data.cache or not getattr(stage, "CACHEABLE", False):  # only stages whose prepare() just tokenizes:
-        dataset, counts = prepare_parallel(stage, rows, tokenizer, cfg)  # others check config there every run
+        dataset, counts = prepare_parallel(stage, rows, tokenizer, cfg, settings)  # others check config every run
         return dataset, {**counts, "data_cache": "off"}
     from datasets import load_from_disk
     from filelock import FileLock
 
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    key = cache_key(stage, rows, tokenizer, cfg)
+    key = cache_key(stage, rows, tokenizer, cfg, settings)
     entry = root / key
     with FileLock(str(root / f"{key}.lock")):  # one process prepares; the others wait here, then load
         if (entry / DONE).exists():
@@ -97,7 +98,7 @@ def cached_prepare(stage, rows: List[dict], tokenizer, cfg) -> Tuple[object, dic
             log.info("data: tokenized dataset from the cache %s", entry)
             return load_from_disk(str(entry / "dataset")), {**counts, "data_cache": "hit"}
         start = time.time()
-        dataset, counts = prepare_parallel(stage, rows, tokenizer, cfg)
+        dataset, counts = prepare_parallel(stage, rows, tokenizer, cfg, settings)
         if not hasattr(dataset, "save_to_disk"):  # a stage that returns something else than a datasets.Dataset
             return dataset, {**counts, "data_cache": "off"}
         tmp = root / f"{key}.tmp{os.getpid()}"
@@ -111,26 +112,26 @@ def cached_prepare(stage, rows: List[dict], tokenizer, cfg) -> Tuple[object, dic
     return load_from_disk(str(entry / "dataset")), {**counts, "data_cache": "miss"}
 
 
-def prepare_parallel(stage, rows: List[dict], tokenizer, cfg) -> Tuple[object, Counter]:
+def prepare_parallel(stage, rows: List[dict], tokenizer, cfg, settings: RunSettings) -> Tuple[object, Counter]:
     """stage.prepare over data.num_proc contiguous shards in worker processes, concatenated in order.
     (pt: each shard packs its own blocks, so at most num_proc short tails are dropped instead of one.)"""
     workers = cfg.data.num_proc or 1
     if workers <= 1 or len(rows) < 2 * workers:
-        return stage.prepare(rows, tokenizer, cfg)
+        return stage.prepare(rows, tokenizer, cfg, settings)
     from datasets import concatenate_datasets
 
     size = -(-len(rows) // workers)
     shards = [rows[i:i + size] for i in range(0, len(rows), size)]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         results = list(pool.map(_prepare_shard, [stage.__name__] * len(shards), shards,
-                                [tokenizer] * len(shards), [cfg] * len(shards)))
+                                [tokenizer] * len(shards), [cfg] * len(shards), [settings] * len(shards)))
     counts: Counter = Counter()
     for _, shard_counts in results:
         counts.update(shard_counts)
     return concatenate_datasets([dataset for dataset, _ in results]), counts
 
 
-def _prepare_shard(module_name: str, rows: List[dict], tokenizer, cfg):
+def _prepare_shard(module_name: str, rows: List[dict], tokenizer, cfg, settings: RunSettings):
     import importlib
 
-    return importlib.import_module(module_name).prepare(rows, tokenizer, cfg)
+    return importlib.import_module(module_name).prepare(rows, tokenizer, cfg, settings)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Iterable, Iterator, List
 
+from medgpt.config import RunSettings
 from medgpt.data import check_stage, source_options
 from medgpt.data.cache import cached_prepare
 from medgpt.data.loading import Records, expand_files, iter_rows, load_split
@@ -63,25 +64,25 @@ def pack_blocks(texts: Iterable[str], tokenizer, block_size: int) -> Iterator[Li
         yield buffer
 
 
-def generate_samples(cfg, tokenizer) -> Iterator[dict]:
-    """{input_ids, labels} samples of the stage, produced lazily from the stream."""
+def generate_samples(cfg, tokenizer, settings: RunSettings) -> Iterator[dict]:
+    """{input_ids, labels} samples of the stage, produced lazily from the stream (sft: settings.max_length)."""
     counts = Records(rows=[])
     rows = stream_rows(cfg, counts)
     if cfg.stage.name == "pt":
         for block in pack_blocks((row["text"] for row in rows), tokenizer, cfg.data.block_size):
             yield {"input_ids": block, "labels": list(block)}
     else:
-        max_length = cfg.data.max_length or cfg.model.max_length
         for row in rows:
-            columns, _ = tokenize_chats([row], tokenizer, max_length, cfg.data.overlong)
+            columns, _ = tokenize_chats([row], tokenizer, settings.max_length, cfg.data.overlong,
+                                        settings.source("max_length"))
             for ids, labels in zip(columns["input_ids"], columns["labels"]):
                 yield {"input_ids": ids, "labels": labels}
     if counts.skipped:
         log.warning("stream: skipped %d bad record(s): %s", sum(counts.skipped.values()), dict(counts.skipped))
 
 
-def streaming_dataset(cfg, tokenizer):
-    """The training IterableDataset: read, tokenize and pack lazily, shuffled in a seeded buffer."""
+def streaming_dataset(cfg, tokenizer, settings: RunSettings):
+    """The training IterableDataset: read, tokenize and pack lazily, shuffled in a buffer seeded by data_seed."""
     from datasets import Features, IterableDataset, Sequence, Value
 
     check_streaming(cfg)
@@ -89,20 +90,20 @@ def streaming_dataset(cfg, tokenizer):
     next(stream_rows(cfg, Records(rows=[])), None)  # missing files, a wrong format: fail now, not mid-training
     features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int64"))})
     dataset = IterableDataset.from_generator(generate_samples, features=features,
-                                             gen_kwargs={"cfg": cfg, "tokenizer": tokenizer})
-    return dataset.shuffle(seed=cfg.seed, buffer_size=SHUFFLE_BUFFER)
+                                             gen_kwargs={"cfg": cfg, "tokenizer": tokenizer, "settings": settings})
+    return dataset.shuffle(seed=settings.data_seed, buffer_size=SHUFFLE_BUFFER)
 
 
-def streaming_datasets(cfg, stage, tokenizer):
+def streaming_datasets(cfg, stage, tokenizer, settings: RunSettings):
     """(train IterableDataset, eval Dataset or None, report) for medgpt.training.run: eval files are small, so they are
     read in memory and tokenized through the cache like any other run."""
 
-    train = streaming_dataset(cfg, tokenizer)
+    train = streaming_dataset(cfg, tokenizer, settings)
     report = {"streaming": True, "train_records": None}
     evaluation = None
     if cfg.data.eval_files:
         options = {k: v for k, v in source_options(cfg.data, cfg.stage).items() if k not in ("hub", "max_samples")}
         records = load_split(expand_files(cfg.data.eval_files, "data.eval_files"), **options)
-        evaluation = cached_prepare(stage, records.rows, tokenizer, cfg)[0]
+        evaluation = cached_prepare(stage, records.rows, tokenizer, cfg, settings)[0]
         report["eval_records"] = len(records.rows)
     return train, evaluation, report

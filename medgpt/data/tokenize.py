@@ -38,8 +38,10 @@ def chat_labels(tokenizer, messages: List[dict]) -> Tuple[List[int], List[int]]:
     return ids, [t if m else IGNORE for t, m in zip(ids, mask)]
 
 
-def tokenize_chats(rows: List[dict], tokenizer, max_length: int, overlong: str) -> Tuple[Dict[str, list], Counter]:
-    """-> columns {input_ids, labels} and counts {truncated, dropped_overlong, dropped_no_loss}."""
+def tokenize_chats(rows: List[dict], tokenizer, max_length: int, overlong: str,
+                   max_length_key: str = "data.max_length") -> Tuple[Dict[str, list], Counter]:
+    """-> columns {input_ids, labels} and counts {truncated, dropped_overlong, dropped_no_loss}.
+    max_length_key: the config key max_length came from (RunSettings.sources), named in the error."""
     if overlong not in OVERLONG:
         raise UserError(f"data.overlong={overlong}: use one of {', '.join(OVERLONG)}")
     columns: Dict[str, list] = {"input_ids": [], "labels": []}
@@ -49,7 +51,7 @@ def tokenize_chats(rows: List[dict], tokenizer, max_length: int, overlong: str) 
         if len(ids) > max_length:
             if overlong == "error":
                 raise UserError(f"sample {i + 1} has {len(ids)} tokens, more than max_length={max_length}. Raise "
-                                f"data.max_length, or set data.overlong=truncate|drop")
+                                f"{max_length_key}, or set data.overlong=truncate|drop")
             if overlong == "drop":
                 counts["dropped_overlong"] += 1
                 continue

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Dict
 
+from medgpt.config import RunSettings
 from medgpt.errors import UserError
 from medgpt.runs import lm_eval_results
 
@@ -26,7 +27,8 @@ def require_lm_eval() -> None:
                         "pip install 'medgpt[lm-eval]' (or pip install lm-eval), or drop eval.lm_eval_tasks") from None
 
 
-def run_lm_eval(cfg, model, tokenizer, run_dir: Path) -> Dict[str, float]:
+def run_lm_eval(cfg, settings: RunSettings, model, tokenizer, run_dir: Path) -> Dict[str, float]:
+    """eval.lm_eval_tasks on the loaded model, at the run's max_length and seed (settings)."""
     require_lm_eval()
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -41,11 +43,11 @@ def run_lm_eval(cfg, model, tokenizer, run_dir: Path) -> Dict[str, float]:
         raise UserError(f"eval.lm_eval_tasks: unknown task(s) {unknown}; give their YAML folder with "
                         f"eval.lm_eval_include=[<folder>] (local tasks: {', '.join(sorted(_local(manager)))})")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.eval.batch_size,
-              max_length=cfg.data.max_length or cfg.model.max_length)
+              max_length=settings.max_length)
     results = simple_evaluate(model=lm, tasks=list(cfg.eval.lm_eval_tasks), task_manager=manager,
                               num_fewshot=cfg.eval.few_shot or None, limit=cfg.eval.lm_eval_limit,
-                              apply_chat_template=True, random_seed=cfg.seed, numpy_random_seed=cfg.seed,
-                              torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed)
+                              apply_chat_template=True, random_seed=settings.seed, numpy_random_seed=settings.seed,
+                              torch_random_seed=settings.seed, fewshot_random_seed=settings.seed)
     out_file = lm_eval_results(run_dir)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(results["results"], indent=1, default=str), encoding="utf-8")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from medgpt.config import RunSettings
 from medgpt.data.formats import FORMATS
 from medgpt.data.loading import expand_files, load_split
 from medgpt.data.tokenize import IGNORE, chat_labels
@@ -66,12 +67,14 @@ def load_tasks(cfg, files: List[str]) -> List[Task]:
     return tasks
 
 
-def evaluate(cfg, run_dir: Path, model, tokenizer, tasks: List[Task], reference: Optional[str] = None) -> Dict:
+def evaluate(cfg, run_dir: Path, model, tokenizer, tasks: List[Task], settings: RunSettings,
+             reference: Optional[str] = None) -> Dict:
     """Score every task; write predictions/<task>.jsonl; return flat metrics (<task>/<metric> and aggregates).
-    reference: the model a policy's implicit reward is measured against (preference files), when not a LoRA."""
+    settings: the run's (max_length, seed, template). reference: the model a policy's implicit reward is measured
+    against (preference files), when not a LoRA."""
 
     model.eval()
-    ctx = Context(cfg, model, tokenizer, end_of_turn(cfg.model.template), reference)
+    ctx = Context(cfg, settings, model, tokenizer, reference)
     results: Dict[str, Dict] = {}
     for task in tasks:
         log.info("eval %s: %d %s records", task.name, len(task.rows), task.kind)
@@ -82,7 +85,7 @@ def evaluate(cfg, run_dir: Path, model, tokenizer, tasks: List[Task], reference:
     flat = {f"{name}/{key}": value for name, res in results.items() for key, value in res.items()}
     flat.update(aggregate(list(results.values())))
     if cfg.eval.lm_eval_tasks:
-        flat.update(run_lm_eval(cfg, model, tokenizer, Path(run_dir)))
+        flat.update(run_lm_eval(cfg, settings, model, tokenizer, Path(run_dir)))
     return flat
 
 
@@ -93,22 +96,25 @@ def after_train_tasks(cfg) -> List[Task]:
     return load_tasks(cfg, list(cfg.eval.files))
 
 
-def evaluate_after_train(cfg, run_dir: Path, model, tokenizer, tasks: List[Task]) -> Dict:
+def evaluate_after_train(cfg, run_dir: Path, model, tokenizer, tasks: List[Task], settings: RunSettings) -> Dict:
     """The trained model on eval.files; keys eval/<metric> (metrics.json, W&B), reference = the starting model."""
 
     reference = resolve_path(cfg.model.path, cfg.model.tiny)
-    scores = {f"eval/{k}": v for k, v in evaluate(cfg, run_dir, model, tokenizer, tasks, reference).items()}
+    scores = {f"eval/{k}": v
+              for k, v in evaluate(cfg, run_dir, model, tokenizer, tasks, settings, reference).items()}
     publish(scores, run_dir)
     return scores
 
 
 class Context:
-    """What every scorer needs: config, model, tokenizer, lengths and stop tokens."""
+    """What every scorer needs: config, the run's settings (max_length, seed, template), model, tokenizer and stop
+    tokens."""
 
-    def __init__(self, cfg, model, tokenizer, eot: str, reference: Optional[str]):
+    def __init__(self, cfg, settings: RunSettings, model, tokenizer, reference: Optional[str]):
         self.cfg, self.model, self.tokenizer, self.reference = cfg, model, tokenizer, reference
-        self.max_length = cfg.data.max_length or cfg.model.max_length
+        self.max_length, self.seed = settings.max_length, settings.seed
         self.pad_id = tokenizer.pad_token_id
+        eot = end_of_turn(settings.template)
         self.stop_ids = sorted({tokenizer.convert_tokens_to_ids(eot), tokenizer.eos_token_id} - {None})
         self.batch_size = cfg.eval.batch_size
 
@@ -135,7 +141,7 @@ def score_mcq(ctx: Context, task: Task):
     cfg = ctx.cfg
     scoring_mode, out, flat = cfg.eval.mcq_scoring, [], []
     for i, row in enumerate(task.rows):
-        shots = prompts.shots(task.rows, i, cfg.eval.few_shot, cfg.seed)
+        shots = prompts.shots(task.rows, i, cfg.eval.few_shot, ctx.seed)
         messages = prompts.mcq_messages(row, shots, scoring_mode, cfg.data.system_prompt)
         flat += [ctx.reply_example(messages, prompts.mcq_target(row, letter, scoring_mode))
                  for letter in row["options"]]
@@ -156,7 +162,7 @@ def score_mcq(ctx: Context, task: Task):
 
 def score_qa(ctx: Context, task: Task):
     cfg, tok = ctx.cfg, ctx.tokenizer
-    messages = [prompts.qa_messages(row, prompts.shots(task.rows, i, cfg.eval.few_shot, cfg.seed),
+    messages = [prompts.qa_messages(row, prompts.shots(task.rows, i, cfg.eval.few_shot, ctx.seed),
                                     cfg.data.system_prompt) for i, row in enumerate(task.rows)]
     answers = scoring.generate(ctx.model, [ctx.ids(msgs)[-ctx.max_length:] for msgs in messages], pad_id=ctx.pad_id,
                                stop_ids=ctx.stop_ids, max_new_tokens=cfg.eval.max_new_tokens,

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from medgpt.config import compose as compose_run
+from medgpt.config import GPU_DEVICE, RunSettings, compose as compose_run, resolve
 from medgpt.errors import UserError, command
 from medgpt.modeling.hardware import zero_stage
 from medgpt.modeling.load import resolve_path
@@ -189,9 +189,9 @@ def lora_parameters(shape: Shape, targets, r: int) -> tuple:
 
 
 def estimate(shape: Shape, hw, *, seq: int, batch: int, gpus: int = 1, attn: Optional[str] = None,
-             lora_targets="all-linear", precision: str = "bf16") -> Estimate:
-    """Bytes per GPU, term by term. hw: the composed hardware node (method, quantization, lora_r,
-    gradient_checkpointing, freeze_trainable_layers, deepspeed)."""
+             lora_targets="all-linear", precision: str = "bf16", gradient_checkpointing: bool = False) -> Estimate:
+    """Bytes per GPU, term by term. hw: the composed hardware node (method, quantization, lora_r, lora_dropout,
+    freeze_trainable_layers, deepspeed); the rest as the run's settings resolved them (medgpt.config.resolve)."""
 
     est = Estimate()
     act = 4 if precision == "fp32" else 2  # bytes of a weight / activation element
@@ -260,7 +260,7 @@ def estimate(shape: Shape, hw, *, seq: int, batch: int, gpus: int = 1, attn: Opt
     if attn == "eager":
         per_token_layer += act * 2 * shape.heads * seq  # attention scores + probabilities
     tokens = seq * batch
-    if hw.gradient_checkpointing:
+    if gradient_checkpointing:
         activations = tokens * (act * shape.hidden * shape.layers + per_token_layer)
         est.notes.append("gradient checkpointing: layer inputs kept, one layer recomputed at a time")
     else:
@@ -272,35 +272,35 @@ def estimate(shape: Shape, hw, *, seq: int, batch: int, gpus: int = 1, attn: Opt
     return est
 
 
-def estimate_run(cfg, *, gpus: Optional[int] = None, seq: Optional[int] = None, batch: Optional[int] = None,
-                 precision: Optional[str] = None) -> Estimate:
-    """Estimate for a composed run config (model x hardware x stage args)."""
+def estimate_run(cfg, settings: Optional[RunSettings] = None, *, gpus: Optional[int] = None, seq: Optional[int] = None,
+                 batch: Optional[int] = None, precision: Optional[str] = None) -> Estimate:
+    """Estimate for a composed run config (model x hardware x stage args). settings: the run's (medgpt.config.resolve;
+    by default as a bf16 GPU would train it): sequence = its max_length, micro batch, precision, LoRA targets and
+    gradient checkpointing. seq / batch / precision override them (the --seq / --batch options, the table)."""
     import os
 
+    settings = settings or resolve(cfg, GPU_DEVICE)
     shape = reference_shape(cfg.model.name) if cfg.model.name in SHAPES else count_shape(model_config(cfg.model))
-    args = cfg.stage.args
-    seq = seq or cfg.data.get("max_length") or cfg.model.max_length
-    batch = batch or args.get("per_device_train_batch_size", 8)
+    seq = seq or settings.max_length
+    batch = batch or settings.per_device_train_batch_size or 1
     gpus = gpus or int(os.environ.get("WORLD_SIZE", 1))
-    if precision is None:
-        precision = {"fp32": "fp32"}.get(cfg.hardware.precision, "bf16")
-    targets = cfg.hardware.lora_target_modules or cfg.model.lora_target_modules or "all-linear"
+    precision = precision or settings.precision
     est = estimate(shape, cfg.hardware, seq=seq, batch=batch, gpus=gpus, attn=cfg.model.attn_implementation,
-                   lora_targets=targets, precision=precision)
+                   lora_targets=settings.lora_target_modules, precision=precision,
+                   gradient_checkpointing=settings.gradient_checkpointing)
     est.notes.insert(0, f"{shape.total / 1e6:,.1f}M parameters, sequence {seq}, micro batch {batch}, {gpus} GPU(s), "
                         f"{precision}")
     return est
 
 
-def warn_if_too_large(cfg, args) -> Optional[Estimate]:
-    """Before training on a GPU: warn when the estimate exceeds the visible GPU memory."""
+def warn_if_too_large(cfg, settings: RunSettings) -> Optional[Estimate]:
+    """Before training on a GPU: warn when the estimate of the run (its settings) exceeds the visible GPU memory."""
+    if not settings.cuda:
+        return None
     import torch
 
-    if not torch.cuda.is_available():
-        return None
     try:
-        est = estimate_run(cfg, batch=args.per_device_train_batch_size, precision="bf16" if (args.bf16 or args.fp16)
-                           else "fp32")
+        est = estimate_run(cfg, settings)
     except Exception as e:  # the estimate is advice; never block training on it
         log.info("memory estimate unavailable: %s", e)
         return None
@@ -336,7 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="medgpt estimate", description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="the same overrides as train.py (model=... hardware=...)")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs the run is spread over (ZeRO partitioning)")
-    parser.add_argument("--seq", type=int, default=None, help="tokens per sample (default: data/model max_length)")
+    parser.add_argument("--seq", type=int, default=None, help="tokens per sample (default: the run's max_length)")
     parser.add_argument("--batch", type=int, default=None, help="micro batch per GPU (default: the stage's)")
     parser.add_argument("--table", action="store_true", help="compare with MedicalGPT's VRAM table")
     opts = parser.parse_args(argv)

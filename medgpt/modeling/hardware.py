@@ -1,5 +1,6 @@
-"""Pure functions: hardware config -> precision args, BitsAndBytesConfig, LoraConfig, DeepSpeed dict, freezing,
-and the checks that refuse impossible combinations before any data or model is loaded.
+"""Pure functions: hardware config -> BitsAndBytesConfig, LoraConfig, DeepSpeed dict, freezing, and the checks that
+refuse impossible combinations before any data or model is loaded. Precision, LoRA targets and gradient checkpointing
+are resolved with the other run settings (medgpt.config.resolve, from the device detected here).
 
     python train.py hardware=qlora4 --cfg job                          # see what a hardware choice composes to
     python train.py hardware=full hardware/deepspeed=zero3 --cfg job   # ... with a DeepSpeed stage
@@ -18,30 +19,6 @@ def device_info() -> Dict[str, bool]:
 
     cuda = torch.cuda.is_available()
     return {"cuda": cuda, "bf16": cuda and torch.cuda.is_bf16_supported()}
-
-
-def resolve_precision(precision: str, device: Dict[str, bool]) -> str:
-    if precision == "auto":
-        return "bf16" if device["bf16"] else ("fp16" if device["cuda"] else "fp32")
-    if precision in ("bf16", "fp16") and not device["cuda"]:
-        raise UserError(f"hardware.precision={precision} needs a CUDA GPU; none is visible. Use hardware=cpu "
-                        f"(fp32) or hardware.precision=fp32")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"hardware.precision={precision}: use auto, fp32, bf16 or fp16")
-    return precision
-
-
-def precision_args(precision: str, device: Dict[str, bool]) -> Dict[str, Any]:
-    """Trainer args for the resolved precision (TRL defaults bf16=True, which fails on a CPU)."""
-    resolved = resolve_precision(precision, device)
-    return {"bf16": resolved == "bf16", "fp16": resolved == "fp16", "use_cpu": not device["cuda"]}
-
-
-def torch_dtype(precision: str, device: Dict[str, bool]):
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-        resolve_precision(precision, device)]
 
 
 def check_method(hw) -> None:
@@ -104,10 +81,9 @@ def check_deepspeed(hw) -> None:
 
 
 def check_hardware(cfg, device: Optional[Dict[str, bool]] = None) -> None:
-    """Every hardware check that needs no model: method, quantization, precision, attention, DeepSpeed."""
+    """Every hardware check that needs no model: method, quantization, attention, DeepSpeed (precision: resolve)."""
     device = device or device_info()
     check_method(cfg.hardware)
-    resolve_precision(cfg.hardware.precision, device)
     check_attention(cfg.model.attn_implementation, device)
     check_deepspeed(cfg.hardware)
 
@@ -125,14 +101,14 @@ def quantization_config(hw, compute_dtype=None):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def lora_config(hw, default_targets: Any, task_type: str = "CAUSAL_LM", embedding_modules: List[str] = ()):
-    """LoraConfig (DoRA when method=dora), else None for full/freeze. embedding_modules: the input/output
-    embedding names when the vocabulary was extended; their new rows must train and be saved with the adapter."""
+def lora_config(hw, targets: Any, task_type: str = "CAUSAL_LM", embedding_modules: List[str] = ()):
+    """LoraConfig (DoRA when method=dora), else None for full/freeze. targets: RunSettings.lora_target_modules.
+    embedding_modules: the input/output embedding names when the vocabulary was extended; their new rows must
+    train and be saved with the adapter."""
     if hw.method not in ("lora", "dora"):
         return None
     from peft import LoraConfig
 
-    targets = hw.lora_target_modules or default_targets or "all-linear"
     to_save = list(hw.modules_to_save or [])
     to_save += [m for m in embedding_modules if m not in to_save]
     return LoraConfig(r=hw.lora_r, lora_alpha=hw.lora_alpha, lora_dropout=hw.lora_dropout,

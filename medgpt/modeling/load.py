@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
+from medgpt.config import RunSettings
 from medgpt.errors import UserError
 from medgpt.modeling import hardware, longcontext
 from medgpt.modeling.attention import register
@@ -72,9 +73,10 @@ def _check_cuda_features(model_cfg, hw) -> None:
         register()
 
 
-def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", tokenizer=None,
+def load_model(model_cfg, hw, settings: RunSettings, *, kind: str = "causal", tokenizer=None,
                allow_pickle: bool = False):
-    """Load for training. kind: causal | reward (sequence classification, 1 label). Applies freeze/LoRA/QLoRA."""
+    """Load for training. kind: causal | reward (sequence classification, 1 label). Applies freeze/LoRA/QLoRA.
+    settings (medgpt.config.resolve): precision, LoRA targets, gradient checkpointing, max_length (RoPE auto)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -83,7 +85,7 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
     base = adapter_base(path)
     for folder in filter(None, (path, base)):
         check_weights(folder, allow_pickle)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[settings.precision]
     if model_cfg.dtype != "auto":
         dtype = getattr(torch, model_cfg.dtype)
     kwargs = dict(dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,
@@ -94,7 +96,7 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": _local_device()}
-    kwargs.update(longcontext.load_kwargs(model_cfg, base or path))  # rope scaling, S²-Attn
+    kwargs.update(longcontext.load_kwargs(model_cfg, base or path, settings.max_length))  # rope scaling, S²-Attn
     auto = AutoModelForSequenceClassification if kind == "reward" else AutoModelForCausalLM
     if kind == "reward":
         kwargs["num_labels"] = 1
@@ -111,11 +113,11 @@ def load_model(model_cfg, hw, *, kind: str = "causal", precision: str = "fp32", 
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hw.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing)
     if hw.method == "freeze":
         n = hardware.apply_freeze(model, hw)
         log.info("freeze: %d trainable parameters", n)
-    lora = hardware.lora_config(hw, model_cfg.lora_target_modules,
+    lora = hardware.lora_config(hw, settings.lora_target_modules,
                                 task_type="SEQ_CLS" if kind == "reward" else "CAUSAL_LM",
                                 embedding_modules=_embedding_modules(model) if extended else ())
     if lora is not None:

@@ -1,4 +1,4 @@
-"""Long context: RoPE scaling (linear / dynamic NTK / YaRN, factor computed from model.max_length when asked) and
+"""Long context: RoPE scaling (linear / dynamic NTK / YaRN, factor computed from the run's max_length when asked) and
 S²-Attn, LongLoRA's shifted sparse attention, as a training-only attention registered with transformers.
 
     python train.py model=qwen2.5-7b model.max_length=16384 model.rope_scaling='{type: yarn, factor: auto}'
@@ -38,8 +38,7 @@ def rope_settings(rope_cfg: Dict[str, Any], max_length: int, rope_parameters: Op
     if factor == "auto":
         factor = max_length / original
         if factor <= 1:
-            log.info("rope_scaling: model.max_length=%d fits the trained context (%d): no scaling", max_length,
-                     original)
+            log.info("rope_scaling: max_length=%d fits the trained context (%d): no scaling", max_length, original)
             return {}
         factor = math.ceil(factor * 100) / 100  # 2 decimals, rounded up so max_length always fits
     try:
@@ -58,9 +57,9 @@ def rope_settings(rope_cfg: Dict[str, Any], max_length: int, rope_parameters: Op
     return out
 
 
-def load_kwargs(model_cfg, path: str) -> Dict[str, Any]:
+def load_kwargs(model_cfg, path: str, max_length: int) -> Dict[str, Any]:
     """Extra from_pretrained kwargs for model.rope_scaling and model.attn_implementation=s2attn (reads config.json
-    only; raises UserError before any weights load)."""
+    only; raises UserError before any weights load). max_length: the run's (RunSettings.max_length), for factor auto."""
     if not model_cfg.rope_scaling and model_cfg.attn_implementation != S2ATTN:
         return {}
     from transformers import AutoConfig
@@ -71,7 +70,7 @@ def load_kwargs(model_cfg, path: str) -> Dict[str, Any]:
         if not hasattr(config, "rope_parameters"):
             raise UserError(f"model.rope_scaling: {config.model_type} models do not use transformers' RoPE "
                             f"parameters; set rope scaling in that model's own config instead")
-        out = rope_settings(model_cfg.rope_scaling, model_cfg.max_length, config.rope_parameters,
+        out = rope_settings(model_cfg.rope_scaling, max_length, config.rope_parameters,
                             config.max_position_embeddings)
         log.info("rope_scaling: %s", out)
     if model_cfg.attn_implementation == S2ATTN:

@@ -15,7 +15,6 @@ from collections import Counter
 
 from datasets import Dataset
 
-from medgpt.config import import_object
 from medgpt.errors import UserError
 from medgpt.modeling.load import resolve_path
 from medgpt.runs import adapter_base
@@ -62,19 +61,17 @@ def check_reference(cfg) -> None:
         raise UserError(f"stage.reference={cfg.stage.reference}: use one of {', '.join(REFERENCES)}")
 
 
-def prepare_pairs(rows, tokenizer, cfg):
-    """The prepare() of pair trainers that truncate long pairs themselves (DPO, ORPO, CPO/SimPO). A pair whose
-    prompt alone fills max_length would keep no answer token (length-normalised losses turn NaN): dropped, counted."""
-
-    target = cfg.stage.args.get("_target_")
-    max_length = cfg.stage.args.get("max_length") or import_object(target).__dataclass_fields__["max_length"].default
-    kept = [r for r in rows if not max_length or prompt_tokens(tokenizer, r["prompt"]) < max_length]
+def prepare_pairs(rows, tokenizer, cfg, settings):
+    """The prepare() of pair trainers that truncate long pairs themselves (DPO, ORPO, CPO/SimPO) at settings.max_length.
+    A pair whose prompt alone fills it would keep no answer token (length-normalised losses turn NaN): dropped,
+    counted."""
+    max_length, key = settings.max_length, settings.source("max_length")
+    kept = [r for r in rows if prompt_tokens(tokenizer, r["prompt"]) < max_length]
     if not kept:
-        raise UserError(f"every prompt is at least stage.args.max_length={max_length} tokens long, so no answer "
-                        f"token would be trained: raise stage.args.max_length")
+        raise UserError(f"every prompt is at least {key}={max_length} tokens long, so no answer token would be "
+                        f"trained: raise {key}")
     if len(kept) < len(rows):
-        log.warning("dropped %d pair(s) whose prompt fills stage.args.max_length=%s", len(rows) - len(kept),
-                    max_length)
+        log.warning("dropped %d pair(s) whose prompt fills %s=%s", len(rows) - len(kept), key, max_length)
     return preference_dataset(kept), Counter(pairs=len(kept), dropped_long_prompt=len(rows) - len(kept))
 
 
@@ -83,11 +80,11 @@ def prompt_tokens(tokenizer, prompt) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def prepare(rows, tokenizer, cfg):
+def prepare(rows, tokenizer, cfg, settings):
     if cfg.stage.args.get("_target_", "").endswith("DPOConfig"):
         check_loss_type(cfg.stage.args)
     check_reference(cfg)
-    return prepare_pairs(rows, tokenizer, cfg)
+    return prepare_pairs(rows, tokenizer, cfg, settings)
 
 
 def reference_model(cfg, model):
@@ -114,7 +111,7 @@ def reference_model(cfg, model):
     return ref
 
 
-def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
     from trl import DPOTrainer
 
     return guarded(DPOTrainer)(model=model, ref_model=reference_model(cfg, model), args=args,

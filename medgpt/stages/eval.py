@@ -44,10 +44,10 @@ def model_kind(cfg) -> str:
     return "reward" if any(a.endswith("ForSequenceClassification") for a in architectures) else "causal"
 
 
-def run(cfg, run_dir, model, tokenizer, tasks):
+def run(cfg, run_dir, model, tokenizer, tasks, settings):
 
     path = resolve_path(cfg.model.path, cfg.model.tiny)
     reference = adapter_base(path) or run_info(path).get("source")  # what a DPO policy started from
-    metrics = {"model_path": path, **evaluate(cfg, run_dir, model, tokenizer, tasks, reference=reference)}
+    metrics = {"model_path": path, **evaluate(cfg, run_dir, model, tokenizer, tasks, settings, reference=reference)}
     publish(metrics, run_dir)
     return metrics

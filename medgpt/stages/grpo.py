@@ -36,7 +36,7 @@ def config_defaults(config_class) -> dict:
                                            "gradient_accumulation_steps")}
 
 
-def prepare(rows, tokenizer, cfg):
+def prepare(rows, tokenizer, cfg, settings):
     from trl import GRPOConfig
 
     if not cfg.stage.reward_funcs:
@@ -49,7 +49,7 @@ def prepare(rows, tokenizer, cfg):
                                                                               for r in rows))
 
 
-def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
     from trl import GRPOTrainer
 
     return guarded(GRPOTrainer)(model=model, reward_funcs=instantiate_reward_funcs(cfg.stage.reward_funcs),

@@ -27,7 +27,7 @@ def unpaired_rows(rows):
     return out
 
 
-def prepare(rows, tokenizer, cfg):
+def prepare(rows, tokenizer, cfg, settings):
     check_reference(cfg)
     examples = unpaired_rows(rows)
     desirable = sum(e["label"] for e in examples)
@@ -39,7 +39,7 @@ def prepare(rows, tokenizer, cfg):
     return Dataset.from_list(examples), counts
 
 
-def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
     from trl import KTOTrainer
 
     return guarded(KTOTrainer)(model=model, ref_model=reference_model(cfg, model), args=args,

@@ -9,7 +9,7 @@ from medgpt.training.guard import guarded
 MODEL_KIND = "causal"
 
 
-def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
     from trl.experimental.orpo import ORPOTrainer
 
     return guarded(ORPOTrainer)(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,

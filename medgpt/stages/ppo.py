@@ -32,7 +32,7 @@ def reward_nodes(stage) -> list:
     return ANSWER_REWARD
 
 
-def prepare(rows, tokenizer, cfg):
+def prepare(rows, tokenizer, cfg, settings):
     from trl import RLOOConfig
 
     nodes = reward_nodes(cfg.stage)
@@ -46,7 +46,7 @@ def prepare(rows, tokenizer, cfg):
     return prompt_dataset(rows), Counter(prompts=len(rows))
 
 
-def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
     from trl import RLOOTrainer
 
     funcs, processors = [], []

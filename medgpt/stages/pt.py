@@ -11,6 +11,6 @@ MODEL_KIND = "causal"
 CACHEABLE = True  # prepare() only tokenizes: medgpt.data.cache may reuse its output
 
 
-def prepare(rows, tokenizer, cfg):
+def prepare(rows, tokenizer, cfg, settings):
     columns, counts = tokenize_blocks(rows, tokenizer, cfg.data.block_size)
     return Dataset.from_dict(columns), counts

@@ -17,21 +17,19 @@ def pair_lengths(row, tokenizer):
             for side in ("chosen", "rejected")]
 
 
-def prepare(rows, tokenizer, cfg):
-    """RewardTrainer drops pairs longer than max_length: count them here, and fail if none would be left."""
+def prepare(rows, tokenizer, cfg, settings):
+    """RewardTrainer drops pairs longer than settings.max_length: count them here, and fail if none would be left."""
     from collections import Counter
 
-    from trl import RewardConfig
-
-    max_length = cfg.stage.args.get("max_length", RewardConfig.__dataclass_fields__["max_length"].default)
-    kept = [r for r in rows if max_length is None or max(pair_lengths(r, tokenizer)) <= max_length]
+    max_length, key = settings.max_length, settings.source("max_length")
+    kept = [r for r in rows if max(pair_lengths(r, tokenizer)) <= max_length]
     if rows and not kept:
-        raise UserError(f"stage=rm: all {len(rows)} pairs are longer than stage.args.max_length={max_length} tokens "
-                        f"(RewardTrainer drops such pairs); raise stage.args.max_length")
+        raise UserError(f"stage=rm: all {len(rows)} pairs are longer than {key}={max_length} tokens "
+                        f"(RewardTrainer drops such pairs); raise {key}")
     return preference_dataset(kept), Counter(pairs=len(kept), dropped_overlong=len(rows) - len(kept))
 
 
-def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
     from trl import RewardTrainer
 
     return guarded(RewardTrainer)(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,

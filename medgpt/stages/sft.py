@@ -17,13 +17,10 @@ MODEL_KIND = "causal"
 CACHEABLE = True  # prepare() only tokenizes: medgpt.data.cache may reuse its output
 
 
-def max_length(cfg) -> int:
-    """One max length for tokenization and the trainer: stage.args.max_length > data.max_length > model's."""
-    return cfg.stage.args.get("max_length") or cfg.data.max_length or cfg.model.max_length
-
-
-def prepare(rows, tokenizer, cfg):
-    columns, counts = tokenize_chats(rows, tokenizer, max_length(cfg), cfg.data.overlong)
+def prepare(rows, tokenizer, cfg, settings):
+    """Chats -> assistant-labelled token ids of at most settings.max_length (the trainer's max_length too)."""
+    columns, counts = tokenize_chats(rows, tokenizer, settings.max_length, cfg.data.overlong,
+                                     settings.source("max_length"))
     return Dataset.from_dict(columns), counts
 
 
@@ -39,15 +36,14 @@ def trainer_class():
 
     class BatchedSFTTrainer(guarded(SFTTrainer)):
         def __init__(self, *args, fused_lm_head: bool = True, labelled_loss: bool = False, batching: str = "random",
-                     tokens_per_batch: Optional[int] = None, **kwargs):
+                     tokens_per_batch: Optional[int] = None, batch_seed: int = 0, **kwargs):
             super().__init__(*args, **kwargs)
             self.fused_lm_head, self.labelled_loss = fused_lm_head, labelled_loss
             self.batch_plan = None
             if not self.args.packing and batching != "random":  # planned on the dataset as TRL prepared it
                 lengths = [len(ids) for ids in self.train_dataset["input_ids"]]
-                budget = tokens_per_batch or self.args.per_device_train_batch_size * self.args.max_length
-                self.batch_plan = plan_batches(batching, lengths, self.args.per_device_train_batch_size, budget,
-                                               self.args.seed)
+                self.batch_plan = plan_batches(batching, lengths, self.args.per_device_train_batch_size,
+                                               tokens_per_batch, batch_seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.fused_lm_head or not self.labelled_loss or return_outputs:  # TRL's own loss (evaluation too)
@@ -71,9 +67,7 @@ def trainer_class():
     return BatchedSFTTrainer
 
 
-def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks):
-
-    args.max_length = max_length(cfg)
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
     # ZeRO-3 gathers lm_head's weight only inside its own forward call, which this loss does not make; a compiled
     # model (stage.args.torch_compile) would run this loss's body calls uncompiled
     labelled_loss = (supports_labelled_loss(model) and zero_stage(cfg.hardware.deepspeed) != 3
@@ -81,4 +75,4 @@ def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, call
     return trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                            processing_class=tokenizer, callbacks=callbacks, fused_lm_head=cfg.stage.fused_lm_head,
                            labelled_loss=labelled_loss, batching=cfg.stage.batching,
-                           tokens_per_batch=cfg.stage.tokens_per_batch)
+                           tokens_per_batch=settings.tokens_per_batch, batch_seed=settings.data_seed)

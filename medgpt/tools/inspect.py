@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from medgpt.config import compose as compose_run
+from medgpt.config import GPU_DEVICE, compose as compose_run, resolve
 from medgpt.data import load_data
 from medgpt.data.tokenize import IGNORE, chat_labels
 from medgpt.errors import UserError
@@ -77,10 +77,11 @@ def render(ids: List[int], labels: List[int], tokenizer) -> str:
 
 
 def inspect_data(cfg) -> Dict:
-
+    """The data as the run would see it: its settings (resolved as on a GPU) give the max length and the split seed."""
+    settings = resolve(cfg, GPU_DEVICE)
     tokenizer = load_tokenizer(cfg.model)
-    train, evaluation = load_data(cfg.data, cfg.stage, seed=cfg.seed)
-    max_length = cfg.data.max_length or cfg.model.max_length
+    train, evaluation = load_data(cfg.data, cfg.stage, seed=settings.data_seed)
+    max_length = settings.max_length
     lengths, loss_tokens, examples = [], 0, []
     for row in train.rows:
         ids, labels = tokenize_row(row, tokenizer)
@@ -93,7 +94,7 @@ def inspect_data(cfg) -> Dict:
         "data": cfg.data.name, "stage": cfg.stage.name, "model": cfg.model.name,
         "train_records": len(train.rows), "eval_records": len(evaluation.rows) if evaluation else 0,
         "formats": dict(train.formats), "skipped": dict(train.skipped), "mix": dict(train.sources),
-        "tokens": sum(lengths), "max_length": max_length,
+        "tokens": sum(lengths), "max_length": max_length, "max_length_from": settings.source("max_length"),
         "length_percentiles": {f"p{p}": percentile(ordered, p) for p in PERCENTILES} | {"max": ordered[-1]},
         "over_max_length": sum(n > max_length for n in lengths),
         "loss_token_share": round(loss_tokens / max(1, sum(lengths)), 4),
@@ -112,7 +113,8 @@ def report(stats: Dict) -> str:
     pcts = "  ".join(f"{k} {v}" for k, v in stats["length_percentiles"].items())
     lines += [f"tokens         {stats['tokens']} in train records",
               f"length         {pcts}",
-              f"over max       {stats['over_max_length']} record(s) longer than max_length={stats['max_length']}",
+              f"over max       {stats['over_max_length']} record(s) longer than max_length={stats['max_length']} "
+              f"({stats['max_length_from']})",
               f"loss share     {stats['loss_token_share']:.1%} of tokens carry loss"]
     if stats["pt_blocks"] is not None:
         lines.append(f"pt blocks      {stats['pt_blocks']} full blocks of data.block_size")

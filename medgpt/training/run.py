@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from medgpt import runs
-from medgpt.config import check_trainer_args, to_container
+from medgpt.config import RunSettings, check_trainer_args, resolve, to_container
 from medgpt.data import load_data
 from medgpt.data.cache import cached_prepare
 from medgpt.data.streaming import streaming_datasets
@@ -82,13 +82,13 @@ def _record_failure(run_dir: Path, cfg, timer, message: str, tb: str = "", user_
     tracking.finish_logger(cfg.logger, exit_code=1)
 
 
-def prepare_datasets(cfg: DictConfig, stage, tokenizer):
+def prepare_datasets(cfg: DictConfig, stage, tokenizer, settings: RunSettings):
 
     if cfg.data.streaming:
-        return streaming_datasets(cfg, stage, tokenizer)
-    train_records, eval_records = load_data(cfg.data, cfg.stage, seed=cfg.seed)
-    train_dataset, counts = cached_prepare(stage, train_records.rows, tokenizer, cfg)
-    eval_dataset = cached_prepare(stage, eval_records.rows, tokenizer, cfg)[0] if eval_records else None
+        return streaming_datasets(cfg, stage, tokenizer, settings)
+    train_records, eval_records = load_data(cfg.data, cfg.stage, seed=settings.data_seed)
+    train_dataset, counts = cached_prepare(stage, train_records.rows, tokenizer, cfg, settings)
+    eval_dataset = cached_prepare(stage, eval_records.rows, tokenizer, cfg, settings)[0] if eval_records else None
     report = {"train_records": len(train_records.rows), "eval_records": len(eval_records.rows) if eval_records else 0,
               "formats": dict(train_records.formats), "skipped_records": dict(train_records.skipped),
               **{k: v for k, v in counts.items()}}
@@ -98,26 +98,23 @@ def prepare_datasets(cfg: DictConfig, stage, tokenizer):
         report["skipped_eval_records"] = dict(eval_records.skipped)
     for key in ("truncated", "dropped_overlong", "dropped_no_loss"):
         if counts.get(key):
-            log.warning("%s: %d sample(s) (data.overlong=%s, max_length=%s)", key, counts[key], cfg.data.overlong,
-                        cfg.data.max_length or cfg.model.max_length)
+            log.warning("%s: %d sample(s) (data.overlong=%s, max_length=%s from %s)", key, counts[key],
+                        cfg.data.overlong, settings.max_length, settings.source("max_length"))
     return train_dataset, eval_dataset, report
 
 
-def trainer_args(cfg: DictConfig, config_class, run_dir: Path, logger_args: dict):
-    """Instantiate stage.args; hardware-derived values fill in what the user did not set."""
+def trainer_args(cfg: DictConfig, settings: RunSettings, config_class, run_dir: Path, logger_args: dict):
+    """Instantiate stage.args with the run's settings (max length, seeds, precision, gradient checkpointing: already
+    resolved from stage.args and the other nodes by medgpt.config.resolve); the run's own defaults (DeepSpeed dict,
+    folders, logger, hardware.args) fill in what the user did not set."""
     from hydra.utils import instantiate
 
-    device = hardware.device_info()
-    precision = hardware.resolve_precision(cfg.hardware.precision, device)
-    deepspeed = hardware.deepspeed_config(cfg.hardware.deepspeed, precision)
-    if deepspeed is not None and not device["cuda"]:
+    deepspeed = hardware.deepspeed_config(cfg.hardware.deepspeed, settings.precision)
+    if deepspeed is not None and not settings.cuda:
         _init_cpu_deepspeed()
     derived = {
-        **hardware.precision_args(cfg.hardware.precision, device),
-        **({"ddp_backend": "gloo"} if not device["cuda"] and runs.world_size() > 1 else {}),
-        "gradient_checkpointing": cfg.hardware.gradient_checkpointing,
+        **({"ddp_backend": "gloo"} if not settings.cuda and runs.world_size() > 1 else {}),
         "deepspeed": deepspeed,
-        "seed": cfg.seed, "data_seed": cfg.seed,
         "output_dir": str(run_dir / runs.CHECKPOINTS),
         "logging_dir": str(run_dir / runs.TENSORBOARD),
         "include_num_input_tokens_seen": "non_padding",
@@ -127,9 +124,9 @@ def trainer_args(cfg: DictConfig, config_class, run_dir: Path, logger_args: dict
     if derived["deepspeed"] is not None and runs.is_main_process():
         runs.write_json(run_dir / runs.DEEPSPEED, derived["deepspeed"])
     user_set = set(cfg.stage.args.keys())
-    kwargs = {k: v for k, v in derived.items() if k not in user_set}
+    kwargs = {**{k: v for k, v in derived.items() if k not in user_set}, **settings.trainer_args()}
     known = {f for f in config_class.__dataclass_fields__}
-    return instantiate(cfg.stage.args, _convert_="all", **{k: v for k, v in kwargs.items() if k in known}), precision
+    return instantiate(cfg.stage.args, _convert_="all", **{k: v for k, v in kwargs.items() if k in known})
 
 
 def _init_cpu_deepspeed() -> None:
@@ -154,7 +151,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     trains = not hasattr(stage, "run")  # stage=eval has run() instead of a trainer
     config_class = check_trainer_args(cfg) if trains else None
     resume_from = checkpoints.resume_checkpoint(cfg.resume, run_dir, cfg.allow_pickle) if trains else None
-    hardware.check_hardware(cfg)
+    device = hardware.device_info()
+    settings = resolve(cfg, device)
+    log.info("settings: %s", settings.summary())
+    hardware.check_hardware(cfg, device)
     resolved = to_container(cfg)
     changed = checkpoints.config_changes(run_dir / runs.CONFIG, resolved) if resume_from else []
     if changed:
@@ -162,27 +162,27 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if runs.is_main_process():
         (run_dir / runs.CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), encoding="utf-8")
         runs.write_json(run_dir / runs.ENVIRONMENT, {"versions": tracking.versions(), **tracking.git_state()})
-    transformers.set_seed(cfg.seed)
+    transformers.set_seed(settings.seed)
 
     tokenizer = load_tokenizer(cfg.model)
     if not trains:
-        return run_without_trainer(cfg, run_dir, stage, tokenizer, resolved, timer)
-    train_dataset, eval_dataset, data_report = prepare_datasets(cfg, stage, tokenizer)
+        return run_without_trainer(cfg, run_dir, stage, tokenizer, resolved, timer, settings)
+    train_dataset, eval_dataset, data_report = prepare_datasets(cfg, stage, tokenizer, settings)
     log.info("data: %s", data_report)
     eval_tasks = after_train_tasks(cfg) if cfg.eval_after_train else None  # validated before the model loads
 
     run_name = cfg.run_name or tracking.default_run_name(run_dir)
     logger_args = tracking.start_logger(cfg.logger, run_dir, run_name, resolved)
-    args, precision = trainer_args(cfg, config_class, run_dir, logger_args)
+    args = trainer_args(cfg, settings, config_class, run_dir, logger_args)
 
-    warn_if_too_large(cfg, args)
+    warn_if_too_large(cfg, settings)
     checkpoints.check_global_batch(args)
-    model = load_model(cfg.model, cfg.hardware, kind=stage.MODEL_KIND, precision=precision, tokenizer=tokenizer,
+    model = load_model(cfg.model, cfg.hardware, settings, kind=stage.MODEL_KIND, tokenizer=tokenizer,
                        allow_pickle=cfg.allow_pickle)
     timings: Dict[str, Any] = {}
     atomic = checkpoints.atomic_saves(args)  # marks and rotates checkpoints (takes save_total_limit over)
     nonfinite = guard.NonFiniteGuard.from_config(cfg.guard, run_dir / runs.CHECKPOINTS)
-    trainer = stage.build_trainer(cfg=cfg, model=model, tokenizer=tokenizer, args=args,
+    trainer = stage.build_trainer(cfg=cfg, settings=settings, model=model, tokenizer=tokenizer, args=args,
                                   train_dataset=train_dataset, eval_dataset=eval_dataset,
                                   callbacks=[tracking.first_step_timer(timings), atomic, nonfinite])
     result = trainer.train(resume_from_checkpoint=resume_from)
@@ -198,7 +198,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if runs.is_main_process():
         _save_final_extras(final, cfg, trainer.model, tokenizer, set_generation_defaults)
         if eval_tasks is not None:
-            metrics.update(evaluate_after_train(cfg, run_dir, trainer.model, tokenizer, eval_tasks))
+            metrics.update(evaluate_after_train(cfg, run_dir, trainer.model, tokenizer, eval_tasks, settings))
         metrics["runtime_s"] = timer.elapsed()
         runs.write_json(run_dir / runs.HISTORY, {"log_history": trainer.state.log_history})
         runs.write_json(run_dir / runs.METRICS, metrics)
@@ -215,18 +215,18 @@ def _reset_peak_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def run_without_trainer(cfg: DictConfig, run_dir: Path, stage, tokenizer, resolved: dict, timer) -> Dict[str, Any]:
-    """A stage with run(cfg, run_dir, model, tokenizer, records) -> metrics (stage=eval): records load first
+def run_without_trainer(cfg: DictConfig, run_dir: Path, stage, tokenizer, resolved: dict, timer,
+                        settings: RunSettings) -> Dict[str, Any]:
+    """A stage with run(cfg, run_dir, model, tokenizer, records, settings) -> metrics (stage=eval): records load first
     (stage.load), then the model (kind from stage.model_kind), then metrics.json like a training run."""
 
     records = stage.load(cfg)
     tracking.start_logger(cfg.logger, run_dir, cfg.run_name or tracking.default_run_name(run_dir), resolved)
-    precision = hardware.resolve_precision(cfg.hardware.precision, hardware.device_info())
-    model = load_model(cfg.model, cfg.hardware, kind=stage.model_kind(cfg), precision=precision, tokenizer=tokenizer,
+    model = load_model(cfg.model, cfg.hardware, settings, kind=stage.model_kind(cfg), tokenizer=tokenizer,
                        allow_pickle=cfg.allow_pickle)
     metrics: Dict[str, Any] = {"status": "completed", "stage": cfg.stage.name, "model": cfg.model.name,
                                "hardware": cfg.hardware.name, "run_dir": str(run_dir)}
-    metrics.update(stage.run(cfg, run_dir, model, tokenizer, records))
+    metrics.update(stage.run(cfg, run_dir, model, tokenizer, records, settings))
     metrics["runtime_s"] = timer.elapsed()
     if runs.is_main_process():
         runs.write_json(run_dir / runs.METRICS, metrics)
