@@ -45,6 +45,7 @@ class ModelConfig:
 @dataclass
 class StageConfig:
     name: str = MISSING
+    kind: str = "train"  # train | eval: the protocol stage.module implements (medgpt/training/stage.py)
     module: str = MISSING  # medgpt.stages.<name>: its build_trainer() wires the trainer
     formats: List[str] = field(default_factory=list)  # data formats this stage accepts
     args: Any = MISSING  # {_target_: trl.XConfig, ...}: any field of that class
@@ -147,7 +148,7 @@ class RunConfig:
     seed: int = 42
     run_name: Optional[str] = None
     output_root: str = "outputs"
-    resume: Optional[str] = None  # auto | <run folder> | <run folder>/checkpoints/checkpoint-N (medgpt/training/checkpoints.py)
+    resume: Optional[str] = None  # auto | <run folder> | <run folder>/checkpoints/checkpoint-N (medgpt/runs.py, training/checkpoints.py)
     allow_pickle: bool = False  # load pickle (.bin) weights/checkpoints; off: safetensors only
     guard: GuardConfig = field(default_factory=GuardConfig)
     eval_after_train: bool = False  # score eval.files with the trained model; keys land as eval/<metric>

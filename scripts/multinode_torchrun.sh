@@ -3,7 +3,7 @@
 #   NNODES=2 MASTER_ADDR=10.0.0.1 GPUS_PER_NODE=8 RUN_ID=qwen7b-zero3 bash scripts/multinode_torchrun.sh \
 #       model=qwen2.5-7b hardware=full hardware/deepspeed=zero3 output_root=/shared/medgpt
 # output_root must be on a filesystem every node sees. RUN_ID names the run folder on all nodes (torchrun passes it
-# to every rank as the rendezvous id; medgpt.training.tracking.run_stamp turns it into the folder name), so the ranks of
+# to every rank as the rendezvous id; medgpt.runs.run_stamp turns it into the folder name), so the ranks of
 # all nodes write into one run folder and only global rank 0 writes outputs.
 set -euo pipefail
 : "${NNODES:?set NNODES (number of nodes)}"

@@ -3,7 +3,6 @@ imports at the top of every module, and the tree mirrors the config groups."""
 import ast
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 

@@ -3,7 +3,6 @@ refusals before loading; full/freeze/LoRA/DoRA/QLoRA train on CPU; extended voca
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

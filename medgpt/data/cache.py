@@ -82,7 +82,7 @@ def cache_key(stage, rows: List[dict], tokenizer, cfg, settings: RunSettings) ->
 def cached_prepare(stage, rows: List[dict], tokenizer, cfg, settings: RunSettings) -> Tuple[object, dict]:
     """stage.prepare(rows, tokenizer, cfg, settings), read from the cache when an entry with the same key exists.
     Returns (dataset, counts); counts gain data_cache: hit | miss | off."""
-    if not cfg.data.cache or not getattr(stage, "CACHEABLE", False):  # only stages whose prepare() just tokenizes:
+    if not cfg.data.cache or not stage.CACHEABLE:  # only stages whose prepare() just tokenizes:
         dataset, counts = prepare_parallel(stage, rows, tokenizer, cfg, settings)  # others check config every run
         return dataset, {**counts, "data_cache": "off"}
     from datasets import load_from_disk

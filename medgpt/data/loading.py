@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from medgpt.data.formats import FORMATS, RecordError, convert, detect
+from medgpt.config import sample_file
 from medgpt.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,9 @@ def expand_files(patterns: Sequence[str], what: str = "data.train_files") -> Lis
                     raise UserError(f"{what}: '{match}' is not a data file; use one of {sorted(SUFFIXES)}")
                 files.append(match)
             else:
-                raise UserError(f"{what}: no such file '{match}' (relative paths are relative to {os.getcwd()})")
+                hint = (" MedicalGPT's sample data is not there: run scripts/fetch_samples.sh (or set MEDGPT_SAMPLES)"
+                        if match.parent == Path(sample_file("")) else "")
+                raise UserError(f"{what}: no such file '{match}' (relative paths are relative to {os.getcwd()}).{hint}")
     for path in files:
         if path.stat().st_size == 0:
             raise DataError(path, None, "the file is empty", "remove it from the list or give it records")

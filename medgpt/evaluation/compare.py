@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import List, Optional
 
 from medgpt.leaderboard import format_table, load_rows

@@ -12,7 +12,7 @@ IGNORE = -100
 Example = Tuple[List[int], List[int]]  # input ids, labels (-100 where not scored)
 
 
-def _device(model):
+def device_of(model):
     return next(model.parameters()).device
 
 
@@ -36,7 +36,7 @@ def token_logprobs(model, examples: List[Example], pad_id: int, batch_size: int 
     import torch
 
     out: List[Tuple[float, int]] = [(0.0, 0)] * len(examples)
-    device = _device(model)
+    device = device_of(model)
     with torch.inference_mode():
         for batch in _batches([len(e[0]) for e in examples], batch_size):
             ids = _pad([examples[i][0] for i in batch], pad_id).to(device)
@@ -57,7 +57,7 @@ def reward_scores(model, sequences: List[List[int]], pad_id: int, batch_size: in
     import torch
 
     out = [0.0] * len(sequences)
-    device = _device(model)
+    device = device_of(model)
     with torch.inference_mode():
         for batch in _batches([len(s) for s in sequences], batch_size):
             ids = _pad([sequences[i] for i in batch], pad_id).to(device)
@@ -74,7 +74,7 @@ def generate(model, prompts: List[List[int]], *, pad_id: int, stop_ids: List[int
     import torch
 
     out: List[List[int]] = [[] for _ in prompts]
-    device = _device(model)
+    device = device_of(model)
     with torch.inference_mode():
         for batch in _batches([len(p) for p in prompts], batch_size):
             ids = _pad([prompts[i] for i in batch], pad_id, left=True).to(device)

@@ -238,7 +238,7 @@ def _reference_logprobs(ctx: Context, examples) -> List[float]:
         return [0.0] * len(examples)
 
     try:
-        reference = load_for_inference(path)[0].to(scoring._device(ctx.model))
+        reference = load_for_inference(path)[0].to(scoring.device_of(ctx.model))
     except OSError as e:
         raise UserError(f"eval.reference: cannot load the reference model {path} ({e}); give "
                         f"eval.reference=<path> or eval.reference=none") from None

@@ -11,7 +11,6 @@ import argparse
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 from typing import List, Optional
 

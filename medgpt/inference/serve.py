@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import secrets
-import sys
 import threading
 import time
 import uuid

@@ -16,7 +16,6 @@ import argparse
 import functools
 import logging
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 

@@ -1,11 +1,7 @@
-"""One module per stage. Each exposes:
+"""One module per stage, named by conf/stage/<name>.yaml's `module:`. Each implements the protocol of its stage's
+`kind` (medgpt/training/stage.py): TrainingStage (MODEL_KIND, CACHEABLE, prepare, build_trainer) or, for
+kind: eval, EvaluationStage (load, model_kind, run). medgpt.training.run does the rest: settings, data, model,
+trainer args, callbacks, tracking, saving. Read lengths and seeds from `settings` (medgpt.config.resolve), not cfg.
 
-    MODEL_KIND = "causal" | "reward"
-    prepare(rows, tokenizer, cfg, settings) -> (datasets.Dataset, counts)  # records -> what the trainer eats
-    build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings) -> Trainer
-
-and medgpt.training.run does the rest (data, model, args, tracking, saving). `settings` is the run's RunSettings
-(medgpt.config.resolve: max_length, seeds, tokens per batch, ...): read lengths and seeds there, not in cfg. A stage
-that does not train (eval) exposes instead `load(cfg) -> records` (before the model), `model_kind(cfg)` and
-`run(cfg, run_dir, model, tokenizer, records, settings) -> metrics`; its stage.args is empty.
+    python train.py stage=dpo --cfg job          # the stage node a run gets
 """

@@ -22,6 +22,7 @@ from medgpt.training.guard import guarded
 
 log = logging.getLogger("medgpt")
 MODEL_KIND = "causal"
+CACHEABLE = False  # prepare() does more than tokenize (pairs, prompts): prepared afresh each run
 REFERENCES = ("auto", "copy", "none")
 
 

@@ -14,9 +14,6 @@ from medgpt.evaluation.report import publish
 from medgpt.modeling.load import resolve_path
 from medgpt.runs import adapter_base, adapter_config, model_architectures, run_info
 
-MODEL_KIND = "causal"
-
-
 def load(cfg):
     """Validated tasks, before any model is loaded (run.py calls this first)."""
 

@@ -13,6 +13,7 @@ from medgpt.training.guard import guarded
 from medgpt.training.rewards import check_answers, check_reward_funcs, instantiate_reward_funcs
 
 MODEL_KIND = "causal"
+CACHEABLE = False  # prepare() does more than tokenize (pairs, prompts): prepared afresh each run
 
 
 def prompt_dataset(rows) -> Dataset:

@@ -13,6 +13,7 @@ from medgpt.stages.dpo import check_reference, reference_model
 from medgpt.training.guard import guarded
 
 MODEL_KIND = "causal"
+CACHEABLE = False  # prepare() does more than tokenize (pairs, prompts): prepared afresh each run
 
 
 def unpaired_rows(rows):

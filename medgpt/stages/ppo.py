@@ -17,6 +17,7 @@ from medgpt.training.rewards import (check_answers, check_reward_funcs, check_re
                                      load_reward_model)
 
 MODEL_KIND = "causal"
+CACHEABLE = False  # prepare() does more than tokenize (pairs, prompts): prepared afresh each run
 log = logging.getLogger(__name__)
 ANSWER_REWARD = [{"_target_": "medgpt.training.rewards.answer_accuracy"}]
 

@@ -9,6 +9,7 @@ from medgpt.stages.dpo import preference_dataset
 from medgpt.training.guard import guarded
 
 MODEL_KIND = "reward"
+CACHEABLE = False  # prepare() does more than tokenize (pairs, prompts): prepared afresh each run
 
 
 def pair_lengths(row, tokenizer):

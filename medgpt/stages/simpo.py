@@ -7,6 +7,7 @@ from medgpt.stages.dpo import prepare_pairs as prepare  # noqa: F401  (same pair
 from medgpt.training.guard import guarded
 
 MODEL_KIND = "causal"
+CACHEABLE = False  # prepare() does more than tokenize (pairs, prompts): prepared afresh each run
 
 
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional
 

@@ -109,7 +109,7 @@ def write_outputs(rows, out: Path, metric: Optional[str], sort: Optional[str], c
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="medgpt sweep", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="multirun folders, run folders or globs (quote them)")
     parser.add_argument("--sort", help="column to sort by (default: eval_loss, else train_loss); -col: descending")

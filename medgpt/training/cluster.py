@@ -75,6 +75,10 @@ def compose_launcher(overrides: List[str]):
 def main(argv: Optional[List[str]] = None) -> int:
     compat.check("submitit")  # before composing: a submitit without the preview API fails in one line
     overrides = list(sys.argv[1:] if argv is None else argv)
+    if any(o in ("-h", "--help") for o in overrides):
+        print("usage: medgpt cluster [overrides of python train.py]    (prints the sbatch file of "
+              "hydra/launcher=slurm; submits nothing)")
+        return 0
     launcher = compose_launcher(overrides)
     print(sbatch_text(launcher, folder=launcher.submitit_folder))
     return 0

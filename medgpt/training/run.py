@@ -1,16 +1,17 @@
-"""One training run: check the composed config -> load data -> load model -> build the stage's trainer -> train
--> save final/ and metrics.json. Bad input fails before the model is loaded.
+"""One run, in steps that share one record (Run): set_up (stage, settings, config.yaml, tokenizer) -> fit (data ->
+trainer args and model -> the stage's trainer -> train -> final/) or evaluate_model (stage.kind=eval) -> record
+(metrics.json). Bad input fails before the model is loaded.
 
     python train.py stage=sft model=tiny hardware=lora stage.args.max_steps=5
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import sys
 import traceback
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -27,6 +28,7 @@ from medgpt.modeling.estimate import warn_if_too_large
 from medgpt.modeling.load import load_model, load_tokenizer, resolve_path, set_generation_defaults
 from medgpt.training import checkpoints, guard, tracking
 from medgpt.training.cluster import export_submitit_ranks, free_port
+from medgpt.training.stage import Stage, load_stage
 
 log = logging.getLogger("medgpt")
 
@@ -142,14 +144,40 @@ def _init_cpu_deepspeed() -> None:
     deepspeed.init_distributed(dist_backend="gloo")
 
 
+@dataclass
+class Run:
+    """One launch as its steps see it: what was composed and resolved, and what each step adds."""
+    cfg: DictConfig
+    run_dir: Path
+    stage: Stage
+    settings: RunSettings
+    resolved: Dict[str, Any]  # the composed config, as written to config.yaml
+    tokenizer: Any
+    trainer_config: Optional[type] = None  # stage.args' class (trl.SFTConfig, ...), checked; None for kind=eval
+    resume_from: Optional[str] = None  # the checkpoint trainer.train() resumes from
+    timer: tracking.Timer = field(default_factory=tracking.Timer)
+    metrics: Dict[str, Any] = field(default_factory=dict)  # what metrics.json will hold
+
+
 def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
+    """The run of cfg in run_dir: set up, then train (or evaluate, for stage.kind=eval), then record. Everything
+    that can be checked without a model is checked before one loads."""
+    run = set_up(cfg, run_dir)
+    if cfg.stage.kind == "eval":
+        run.metrics.update(evaluate_model(run))
+    else:
+        fit(run)
+    return record(run)
+
+
+def set_up(cfg: DictConfig, run_dir: Path) -> Run:
+    """Stage, checkpoint to resume, effective settings, config.yaml + environment.json, seed, tokenizer."""
     import transformers
 
-    timer = tracking.Timer()
     _reset_peak_memory()  # jobs of a multirun share one process: each reports its own GPU peak
-    stage = importlib.import_module(cfg.stage.module)
-    trains = not hasattr(stage, "run")  # stage=eval has run() instead of a trainer
-    config_class = check_trainer_args(cfg) if trains else None
+    stage = load_stage(cfg.stage)
+    trains = cfg.stage.kind == "train"
+    trainer_config = check_trainer_args(cfg) if trains else None
     resume_from = checkpoints.resume_checkpoint(cfg.resume, run_dir, cfg.allow_pickle) if trains else None
     device = hardware.device_info()
     settings = resolve(cfg, device)
@@ -163,48 +191,73 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         (run_dir / runs.CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), encoding="utf-8")
         runs.write_json(run_dir / runs.ENVIRONMENT, {"versions": tracking.versions(), **tracking.git_state()})
     transformers.set_seed(settings.seed)
+    return Run(cfg, run_dir, stage, settings, resolved, load_tokenizer(cfg.model), trainer_config, resume_from,
+               metrics={"stage": cfg.stage.name, "model": cfg.model.name, "hardware": cfg.hardware.name,
+                        "run_dir": str(run_dir)})
 
-    tokenizer = load_tokenizer(cfg.model)
-    if not trains:
-        return run_without_trainer(cfg, run_dir, stage, tokenizer, resolved, timer, settings)
-    train_dataset, eval_dataset, data_report = prepare_datasets(cfg, stage, tokenizer, settings)
+
+def fit(run: Run) -> None:
+    """Data, then logger, trainer args and model, then the stage's trainer; train; save final/."""
+    cfg = run.cfg
+    train_dataset, eval_dataset, data_report = prepare_datasets(cfg, run.stage, run.tokenizer, run.settings)
     log.info("data: %s", data_report)
     eval_tasks = after_train_tasks(cfg) if cfg.eval_after_train else None  # validated before the model loads
+    trainer, nonfinite, timings = build_trainer(run, train_dataset, eval_dataset)
+    result = trainer.train(resume_from_checkpoint=run.resume_from)
 
-    run_name = cfg.run_name or tracking.default_run_name(run_dir)
-    logger_args = tracking.start_logger(cfg.logger, run_dir, run_name, resolved)
-    args = trainer_args(cfg, settings, config_class, run_dir, logger_args)
+    run.metrics.update({**data_report, **timings, **_train_metrics(trainer, result), **nonfinite.report()})
+    if eval_dataset is not None:
+        run.metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+    final = runs.final_of(run.run_dir)
+    trainer.save_model(str(final))
+    if runs.is_main_process():
+        _save_final_extras(final, cfg, trainer.model, run.tokenizer)
+        if eval_tasks is not None:
+            run.metrics.update(evaluate_after_train(cfg, run.run_dir, trainer.model, run.tokenizer, eval_tasks,
+                                                    run.settings))
+        runs.write_json(run.run_dir / runs.HISTORY, {"log_history": trainer.state.log_history})
 
+
+def build_trainer(run: Run, train_dataset, eval_dataset):
+    """The stage's trainer with medgpt's callbacks (first-step timer, atomic checkpoints, non-finite guard)."""
+    cfg, settings = run.cfg, run.settings
+    run_name = cfg.run_name or tracking.default_run_name(run.run_dir)
+    logger_args = tracking.start_logger(cfg.logger, run.run_dir, run_name, run.resolved)
+    args = trainer_args(cfg, settings, run.trainer_config, run.run_dir, logger_args)
     warn_if_too_large(cfg, settings)
     checkpoints.check_global_batch(args)
-    model = load_model(cfg.model, cfg.hardware, settings, kind=stage.MODEL_KIND, tokenizer=tokenizer,
+    model = load_model(cfg.model, cfg.hardware, settings, kind=run.stage.MODEL_KIND, tokenizer=run.tokenizer,
                        allow_pickle=cfg.allow_pickle)
     timings: Dict[str, Any] = {}
     atomic = checkpoints.atomic_saves(args)  # marks and rotates checkpoints (takes save_total_limit over)
-    nonfinite = guard.NonFiniteGuard.from_config(cfg.guard, run_dir / runs.CHECKPOINTS)
-    trainer = stage.build_trainer(cfg=cfg, settings=settings, model=model, tokenizer=tokenizer, args=args,
-                                  train_dataset=train_dataset, eval_dataset=eval_dataset,
-                                  callbacks=[tracking.first_step_timer(timings), atomic, nonfinite])
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    nonfinite = guard.NonFiniteGuard.from_config(cfg.guard, run.run_dir / runs.CHECKPOINTS)
+    trainer = run.stage.build_trainer(cfg=cfg, settings=settings, model=model, tokenizer=run.tokenizer, args=args,
+                                      train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                      callbacks=[tracking.first_step_timer(timings), atomic, nonfinite])
+    return trainer, nonfinite, timings
 
-    metrics: Dict[str, Any] = {"status": "completed", "stage": cfg.stage.name, "model": cfg.model.name,
-                               "hardware": cfg.hardware.name, "run_dir": str(run_dir), **data_report, **timings}
-    metrics.update(_train_metrics(trainer, result))
-    metrics.update(nonfinite.report())
-    if eval_dataset is not None:
-        metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
-    final = runs.final_of(run_dir)
-    trainer.save_model(str(final))
+
+def evaluate_model(run: Run) -> Dict[str, Any]:
+    """stage.kind=eval: what to score loads first (stage.load), then the model (kind from stage.model_kind)."""
+    cfg = run.cfg
+    tasks = run.stage.load(cfg)
+    tracking.start_logger(cfg.logger, run.run_dir, cfg.run_name or tracking.default_run_name(run.run_dir),
+                          run.resolved)
+    model = load_model(cfg.model, cfg.hardware, run.settings, kind=run.stage.model_kind(cfg), tokenizer=run.tokenizer,
+                       allow_pickle=cfg.allow_pickle)
+    return run.stage.run(cfg, run.run_dir, model, run.tokenizer, tasks, run.settings)
+
+
+def record(run: Run) -> Dict[str, Any]:
+    """metrics.json, the end-of-run summary (training runs), the logger closed (with final/ for a training run)."""
+    run.metrics = {"status": "completed", **run.metrics, "runtime_s": run.timer.elapsed()}
+    trained = run.cfg.stage.kind == "train"
     if runs.is_main_process():
-        _save_final_extras(final, cfg, trainer.model, tokenizer, set_generation_defaults)
-        if eval_tasks is not None:
-            metrics.update(evaluate_after_train(cfg, run_dir, trainer.model, tokenizer, eval_tasks, settings))
-        metrics["runtime_s"] = timer.elapsed()
-        runs.write_json(run_dir / runs.HISTORY, {"log_history": trainer.state.log_history})
-        runs.write_json(run_dir / runs.METRICS, metrics)
-        _print_summary(run_dir, metrics, cfg.logger.name)
-    tracking.finish_logger(cfg.logger, model_dir=final)
-    return metrics
+        runs.write_json(run.run_dir / runs.METRICS, run.metrics)
+        if trained:
+            _print_summary(run.run_dir, run.metrics, run.cfg.logger.name)
+    tracking.finish_logger(run.cfg.logger, model_dir=runs.final_of(run.run_dir) if trained else None)
+    return run.metrics
 
 
 def _reset_peak_memory() -> None:
@@ -213,25 +266,6 @@ def _reset_peak_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-
-
-def run_without_trainer(cfg: DictConfig, run_dir: Path, stage, tokenizer, resolved: dict, timer,
-                        settings: RunSettings) -> Dict[str, Any]:
-    """A stage with run(cfg, run_dir, model, tokenizer, records, settings) -> metrics (stage=eval): records load first
-    (stage.load), then the model (kind from stage.model_kind), then metrics.json like a training run."""
-
-    records = stage.load(cfg)
-    tracking.start_logger(cfg.logger, run_dir, cfg.run_name or tracking.default_run_name(run_dir), resolved)
-    model = load_model(cfg.model, cfg.hardware, settings, kind=stage.model_kind(cfg), tokenizer=tokenizer,
-                       allow_pickle=cfg.allow_pickle)
-    metrics: Dict[str, Any] = {"status": "completed", "stage": cfg.stage.name, "model": cfg.model.name,
-                               "hardware": cfg.hardware.name, "run_dir": str(run_dir)}
-    metrics.update(stage.run(cfg, run_dir, model, tokenizer, records, settings))
-    metrics["runtime_s"] = timer.elapsed()
-    if runs.is_main_process():
-        runs.write_json(run_dir / runs.METRICS, metrics)
-    tracking.finish_logger(cfg.logger)
-    return metrics
 
 
 def _train_metrics(trainer, result) -> Dict[str, Any]:
@@ -259,8 +293,8 @@ def _train_metrics(trainer, result) -> Dict[str, Any]:
     return out
 
 
-def _save_final_extras(final: Path, cfg, model, tokenizer, set_generation_defaults) -> None:
-
+def _save_final_extras(final: Path, cfg, model, tokenizer) -> None:
+    """What final/ holds beside the weights: tokenizer, generation defaults, run info (no pickled args)."""
     tokenizer.save_pretrained(final)
     (final / runs.TRAINING_ARGS).unlink(missing_ok=True)  # a pickle; the run's config.yaml records the args
     base_model = getattr(model, "get_base_model", lambda: model)()
