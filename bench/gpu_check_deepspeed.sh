@@ -19,7 +19,7 @@ SHAPE=(model.tiny.hidden_size=896 model.tiny.intermediate_size=4864 model.tiny.n
        model.tiny.num_attention_heads=14 model.tiny.num_key_value_heads=2)
 (python3 train.py hardware=qlora4 hardware/deepspeed=zero3 logger=none output_root="$WORK" > "$WORK/qz3.log" 2>&1
 echo $? > "$WORK/qz3.rc"
-python3 -m medgpt.modeling.estimate "${SHAPE[@]}" hardware=full hardware.gradient_checkpointing=false --batch 4 --seq 512 \
+python3 -m medgpt estimate "${SHAPE[@]}" hardware=full hardware.gradient_checkpointing=false --batch 4 --seq 512 \
     | tee "$WORK/estimate.txt"
 python3 train.py "${SHAPE[@]}" hardware=full hardware.gradient_checkpointing=false logger=none output_root="$WORK/peak" \
     stage.args.max_steps=5 stage.args.per_device_train_batch_size=4 data.max_length=512 data.eval_split=0 \
