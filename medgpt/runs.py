@@ -317,6 +317,11 @@ def problem(checkpoint: Path, allow_pickle: bool = False) -> Optional[str]:
     return None
 
 
+def checkpoint_folder(checkpoints: PathLike, step: int) -> Path:
+    """checkpoints/checkpoint-N: where the trainer saves step N (transformers' own naming, matched by CHECKPOINT_RE)."""
+    return Path(checkpoints) / f"checkpoint-{step}"
+
+
 def checkpoints_of(folder: Path) -> List[Tuple[int, Path]]:
     if not folder.is_dir():
         return []

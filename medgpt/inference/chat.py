@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -19,7 +18,7 @@ from medgpt.data.formats import RecordError
 from medgpt.errors import DataError, UserError, command
 from medgpt.modeling.generate import DEFAULTS, SETTINGS, complete_batch, stream
 from medgpt.modeling.load import load_for_inference, resolve_path
-from medgpt.runs import adapter_base
+from medgpt.runs import adapter_base, world_size
 
 QUESTION_KEYS = ("prompt", "question", "instruction", "messages", "conversations")
 
@@ -120,7 +119,7 @@ def write_jsonl(path: str, records: List[dict]) -> None:
 
 def _distributed():
     """(rank, world) under torchrun, with a gloo group for exchanging answers (works on CPUs and GPUs)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = world_size()
     if world == 1:
         return 0, 1
     import torch.distributed as dist
@@ -230,7 +229,7 @@ def parse_args(argv=None):
         parser.error("--input and --output go together")
     if args.prompt and args.input:
         parser.error("use either --prompt or --input")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not args.input:
+    if world_size() > 1 and not args.input:
         parser.error("under torchrun, give --input and --output (interactive chat runs in one process)")
     if args.backend == "vllm" and not args.input:
         parser.error("--backend vllm is for batch inference: give --input and --output")

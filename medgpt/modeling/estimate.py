@@ -23,7 +23,7 @@ from medgpt.config import GPU_DEVICE, RunSettings, compose as compose_run, resol
 from medgpt.errors import UserError, command
 from medgpt.modeling.hardware import zero_stage
 from medgpt.modeling.load import resolve_path
-from medgpt.runs import adapter_base
+from medgpt.runs import adapter_base, world_size
 
 log = logging.getLogger(__name__)
 GB = 1e9
@@ -276,13 +276,11 @@ def estimate_run(cfg, settings: Optional[RunSettings] = None, *, gpus: Optional[
     """Estimate for a composed run config (model x hardware x stage args). settings: the run's (medgpt.config.resolve;
     by default as a bf16 GPU would train it): sequence = its max_length, micro batch, precision, LoRA targets and
     gradient checkpointing. seq / batch / precision override them (the --seq / --batch options, the table)."""
-    import os
-
     settings = settings or resolve(cfg, GPU_DEVICE)
     shape = reference_shape(cfg.model.name) if cfg.model.name in SHAPES else count_shape(model_config(cfg.model))
     seq = seq or settings.max_length
     batch = batch or settings.per_device_train_batch_size or 1
-    gpus = gpus or int(os.environ.get("WORLD_SIZE", 1))
+    gpus = gpus or world_size()
     precision = precision or settings.precision
     est = estimate(shape, cfg.hardware, seq=seq, batch=batch, gpus=gpus, attn=cfg.model.attn_implementation,
                    lora_targets=settings.lora_target_modules, precision=precision,

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import List, Optional
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from medgpt.errors import UserError
-from medgpt.runs import CHECKPOINT_RE, CHECKPOINTS, MARKER, TMP_PREFIX, checkpoints_of, newest_complete, problem
+from medgpt.runs import (CHECKPOINT_RE, CHECKPOINTS, MARKER, TMP_PREFIX, checkpoint_folder, checkpoints_of,
+                         newest_complete, problem, world_size)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class AtomicCheckpoints(TrainerCallback):
 
         PartialState().wait_for_everyone()  # every rank's files (DeepSpeed shards) are written
         if args.should_save:
-            final = mark_complete(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            final = mark_complete(checkpoint_folder(args.output_dir, state.global_step))
             rotate(final.parent, self.limit, keep=state.best_model_checkpoint)
             log.info("checkpoint %s complete", final)
         PartialState().wait_for_everyone()
@@ -119,7 +119,7 @@ class AtomicCheckpoints(TrainerCallback):
             return
         from accelerate import PartialState
 
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        folder = checkpoint_folder(args.output_dir, state.global_step)
         if args.should_save and folder.exists():
             log.warning("removing %s, left by an earlier attempt, before saving step %d again", folder,
                         state.global_step)
@@ -135,7 +135,7 @@ def mark_complete(folder: Path) -> Path:
             os.fsync(f.fileno())
         files[str(path.relative_to(folder))] = path.stat().st_size
     tmp = folder / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"step": int(folder.name.split("-")[-1]), "time": time.time(), "files": files},
+    tmp.write_text(json.dumps({"step": int(CHECKPOINT_RE.match(folder.name).group(1)), "time": time.time(), "files": files},
                               indent=1))
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -159,13 +159,13 @@ def rotate(root: Path, limit: Optional[int], keep: Optional[str] = None) -> List
     return deleted
 
 
-# ---- safety: safetensors only ----
+# ---- a batch that trains on something ----
 
 def check_global_batch(args) -> None:
     """A config whose global batch is zero would train on nothing (the trainer accepts it silently)."""
     per_device = args.per_device_train_batch_size
     accumulation = args.gradient_accumulation_steps
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    world = max(1, world_size())
     if per_device < 1 or accumulation < 1:
         raise UserError(f"the global batch is {max(per_device, 0) * max(accumulation, 0) * world} "
                         f"(stage.args.per_device_train_batch_size={per_device} x "
