@@ -19,6 +19,7 @@ from pathlib import Path
 
 from medgpt.errors import UserError
 from medgpt.modeling.tiny import cache_root
+from medgpt.runs import MODEL_CONFIG
 
 # official tokenizer name -> (transformers model class, its config class) of a tiny model of that family
 OFFICIAL = {
@@ -69,7 +70,7 @@ def tiny_model_dir(name: str) -> Path:
     """A tiny random model (2 layers, hidden 64) with the official tokenizer `name` and its full vocabulary,
     saved as safetensors next to the tokenizer files; a folder `model.path=` takes."""
     folder = cache_root() / "official" / f"{name}-tiny"
-    if (folder / "model.safetensors").is_file():
+    if (folder / MODEL_CONFIG).is_file():  # written before the folder is moved into place
         return folder
     import torch
     import transformers
