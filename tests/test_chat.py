@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
+import sys
 import subprocess
 
 import pytest
@@ -165,7 +165,6 @@ def test_interactive_chat(sft_run, sft_loaded, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 def test_torchrun_two_processes_merge_in_order(tmp_path, sft_run, sft_loaded):
     from medgpt.modeling.generate import complete_batch
 
@@ -173,8 +172,9 @@ def test_torchrun_two_processes_merge_in_order(tmp_path, sft_run, sft_loaded):
     many = [f"{q} ({i})" for i, q in enumerate(QUESTIONS * 2)]  # 6 lines: rank 0 gets 0,2,4; rank 1 gets 1,3,5
     questions.write_text("\n".join(many) + "\n", encoding="utf-8")
     out = tmp_path / "a.jsonl"
-    proc = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                           "-m", "medgpt", "chat", str(sft_run[0]), "--input", str(questions), "--output", str(out),
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]  # the venv's own, activated or not
+    proc = subprocess.run([*torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "medgpt",
+                           "chat", str(sft_run[0]), "--input", str(questions), "--output", str(out),
                            "--temperature", "0", "--repetition-penalty", "3", "--max-new-tokens", "12"],
                           capture_output=True, text=True, timeout=400, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

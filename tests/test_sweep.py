@@ -100,7 +100,7 @@ def test_sweep_py_table_files_and_plots_without_training_imports(sweeps):
 
 def _wandb_records(run_dir: Path) -> list:
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
-    done = subprocess.run(["wandb", "leet", "inspect", "--json", str(offline)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]

