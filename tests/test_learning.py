@@ -27,7 +27,8 @@ def test_rl_raises_the_mean_reward(tmp_path, stage):
                                for topic in ("gout", "asthma", "acne", "influenza")), encoding="utf-8")
     run_dir, metrics = train_in_process(
         tmp_path, f"stage={stage}", f"data.train_files=[{prompts}]", EASY_REWARD, "stage.args.max_steps=12",
-        "stage.args.max_completion_length=8", "stage.args.num_generations=8", "stage.args.per_device_train_batch_size=8",
+        "stage.args.max_completion_length=8", "stage.args.num_generations=8",
+        "stage.args.per_device_train_batch_size=8",
         "stage.args.learning_rate=3e-2", "stage.args.lr_scheduler_type=constant", "stage.args.beta=0",
         "stage.args.logging_steps=1", "seed=0")
     rewards = logged(run_dir, "reward")

@@ -40,7 +40,8 @@ def test_choice_accuracy_scores_letters_against_the_answer():
 def test_think_answer_format_on_hand_written_completions():
     from medgpt.training.rewards import think_answer_format
 
-    completions = ["<think>痛风需要降尿酸</think>\n<answer>别嘌醇</answer>", "<think></think><answer>x</answer>",
+    completions = ["<think>痛风需要降尿酸</think>\n<answer>别嘌醇</answer>",
+                   "<think></think><answer>x</answer>",
                    "<answer>x</answer><think>y</think>", "<think>a</think><answer>b</answer> and more",
                    chat("<think>a\nb</think>\n\n<answer>c\nd</answer>")]
     assert think_answer_format(completions) == [1.0, 0.0, 0.0, 0.0, 1.0]

@@ -24,7 +24,8 @@ from medgpt.runs import adapter_base, adapter_config, model_architectures, run_i
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 THINK_ANSWER = re.compile(r"^\s*<think>.+?</think>\s*<answer>.+?</answer>\s*$", re.DOTALL)
 # a choice letter stated as the answer: "Answer: B", "the answer is (B)", "答案：B", "答案是 B", "option B"
-STATED_CHOICE = re.compile(r"(?:answer|option|choice|答案|选项|选)\s*(?:is|:|：|为|是|should be|would be)?\s*[:：]?\s*"
+STATED_CHOICE = re.compile(r"(?:answer|option|choice|答案|选项|选)\s*"
+                           r"(?:is|:|：|为|是|should be|would be)?\s*[:：]?\s*"
                            r"([(\[（])?([A-Z])(?![A-Za-z])", re.IGNORECASE)
 LEADING_CHOICE = re.compile(r"^\s*([(\[（])?([A-Z])(?:[)\]）.:：,、]|$)")  # "B", "B.", "(B) ...", "B: ..."
 NUMBER = re.compile(r"^[-+]?\d+(?:[.,]\d+)?(?:e[-+]?\d+)?%?$", re.IGNORECASE)
