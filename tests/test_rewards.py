@@ -97,3 +97,16 @@ def test_reward_model_reward_trains_grpo_and_rloo(tmp_path, reward_model_dir, st
     assert metrics["status"] == "completed"
     logged = json.loads((run_dir / "history.json").read_text())["log_history"][0]
     assert "rewards/reward_model/mean" in logged
+
+
+def test_choice_accuracy_needs_letter_answers_before_any_model_loads(tmp_path, monkeypatch):
+    from alignment_helpers import error_before_model_load
+
+    prompts = tmp_path / "mcq.jsonl"
+    prompts.write_text('{"question": "Which specialist? A. cardiologist B. dermatologist", "answer": "A"}\n'
+                       '{"question": "Which specialist? A. cardiologist B. dermatologist", "answer": "cardiologist"}\n',
+                       encoding="utf-8")
+    message = error_before_model_load(monkeypatch, tmp_path, "stage=grpo", f"data.train_files=[{prompts}]",
+                                      "stage.reward_funcs=[{_target_: medgpt.training.rewards.choice_accuracy}]")
+    assert "1 of 2 prompt records have an 'answer' without an option letter (first: record 2: 'cardiologist')" \
+        in message

@@ -13,20 +13,20 @@ DISTILL_SMALL = ["stage.args.max_completion_length=16", "stage.args.per_device_t
 
 @pytest.fixture(scope="module")
 def sharp_teacher(tmp_path_factory):
-    """The tiny model with 3x its embeddings (tied: 3x sharper next-token distributions), same tokenizer: a teacher
-    the student can approach in a few steps."""
+    """A run folder whose final/ holds the tiny model with 3x its embeddings (tied: 3x sharper next-token
+    distributions), same tokenizer: a teacher the student can approach in a few steps."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from medgpt.modeling.tiny import tiny_path
 
-    folder = tmp_path_factory.mktemp("teacher")
+    run = tmp_path_factory.mktemp("teacher_run")
     model = AutoModelForCausalLM.from_pretrained(tiny_path())
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(3.0)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_path()).save_pretrained(folder)
-    return folder
+    model.save_pretrained(run / "final")
+    AutoTokenizer.from_pretrained(tiny_path()).save_pretrained(run / "final")
+    return run  # stage.teacher=<run folder>: its final/ is loaded
 
 
 def reverse_kl(student, teacher, contexts) -> float:
@@ -68,8 +68,8 @@ def test_student_divergence_from_the_teacher_falls(tmp_path, sharp_teacher):
     run_dir, metrics = train_in_process(tmp_path, "stage=distill", f"stage.teacher={sharp_teacher}",
                                         "stage.args.max_steps=12", "stage.args.learning_rate=2e-3", *DISTILL_SMALL)
     assert metrics["status"] == "completed" and metrics["global_step"] == 12
-    teacher = AutoModelForCausalLM.from_pretrained(sharp_teacher).eval()
-    contexts = teacher_contexts(teacher, AutoTokenizer.from_pretrained(sharp_teacher))
+    teacher = AutoModelForCausalLM.from_pretrained(sharp_teacher / "final").eval()
+    contexts = teacher_contexts(teacher, AutoTokenizer.from_pretrained(sharp_teacher / "final"))
     before = reverse_kl(AutoModelForCausalLM.from_pretrained(tiny_path()).eval(), teacher, contexts)
     after = reverse_kl(AutoModelForCausalLM.from_pretrained(run_dir / "final").eval(), teacher, contexts)
     print(f"distill: KL(student || teacher) {before:.4f} -> {after:.4f}")

@@ -224,15 +224,24 @@ def instantiate_reward_funcs(nodes: Any) -> list:
 
 
 def check_answers(nodes: Any, rows: list) -> None:
-    """An answer-accuracy reward needs every prompt record to carry its answer: say which do not."""
+    """An answer-checking reward (answer_accuracy, choice_accuracy) needs every prompt record to carry its answer, and
+    choice_accuracy an option letter in it: say which records do not."""
     targets = {node.get("_target_") for node in list(nodes or []) if hasattr(node, "get")}
-    if f"{__name__}.answer_accuracy" not in targets:
-        return
-    missing = [i + 1 for i, row in enumerate(rows) if row.get("answer") in (None, "")]
-    if missing:
-        raise UserError(f"{len(missing)} of {len(rows)} prompt records have no 'answer' (first: record {missing[0]}) "
-                        f"but the reward medgpt.training.rewards.answer_accuracy needs one. Fix: add \"answer\" to those "
-                        f"records, or drop that reward from stage.reward_funcs")
+    for name in ("answer_accuracy", "choice_accuracy"):
+        if f"{__name__}.{name}" not in targets:
+            continue
+        missing = [i + 1 for i, row in enumerate(rows) if row.get("answer") in (None, "")]
+        if missing:
+            raise UserError(f"{len(missing)} of {len(rows)} prompt records have no 'answer' (first: record "
+                            f"{missing[0]}) but the reward medgpt.training.rewards.{name} needs one. Fix: add "
+                            f"\"answer\" to those records, or drop that reward from stage.reward_funcs")
+        if name == "choice_accuracy":
+            no_letter = [i + 1 for i, row in enumerate(rows) if choice_letter(str(row["answer"])) is None]
+            if no_letter:
+                raise UserError(f"{len(no_letter)} of {len(rows)} prompt records have an 'answer' without an option "
+                                f"letter (first: record {no_letter[0]}: {str(rows[no_letter[0] - 1]['answer'])[:40]!r}) "
+                                f"but medgpt.training.rewards.choice_accuracy compares letters. Fix: answer with the "
+                                f"letter (\"C\" or \"C. text\"), or use answer_accuracy")
 
 
 def check_reward_funcs(nodes: Any) -> None:
