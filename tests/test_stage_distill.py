@@ -95,16 +95,25 @@ def test_distill_config_errors_before_model_load(tmp_path, monkeypatch, override
     assert expected in error_before_model_load(monkeypatch, tmp_path, "stage=distill", *overrides)
 
 
-def test_sft_then_distill_pipeline_with_lora(tmp_path, sharp_teacher):
+def test_sft_then_distill_pipeline_with_lora(tmp_path, caplog):
+    """LoRA throughout: the teacher is the pipeline's own SFT run (a LoRA adapter, merged onto its base when loaded);
+    the student starts from the same run (merged) and trains a fresh adapter."""
+    import logging
+
     from medgpt.tools.pipeline import run_pipeline
 
-    results = run_pipeline(["sft", "distill"], [f"output_root={tmp_path}", "logger=none", "hardware=lora",
-                                                "stage.args.max_steps=2", f"distill:stage.teacher={sharp_teacher}",
-                                                "distill:stage.args.max_completion_length=8",
-                                                "distill:stage.args.per_device_train_batch_size=2"],
-                           root=tmp_path / "chain")
+    sft_run = tmp_path / "chain" / "1-sft"  # known before the pipeline starts; read when distill prepares
+    with caplog.at_level(logging.INFO, logger="medgpt"):
+        results = run_pipeline(["sft", "distill"], [f"output_root={tmp_path}", "logger=none", "hardware=lora",
+                                                    "stage.args.max_steps=2", f"distill:stage.teacher={sft_run}",
+                                                    "distill:stage.args.max_completion_length=8",
+                                                    "distill:stage.args.per_device_train_batch_size=2"],
+                               root=tmp_path / "chain")
     assert [r["status"] for r in results] == ["completed", "completed"]
-    assert results[1]["model_path"] == str(tmp_path / "chain" / "1-sft" / "final")
+    assert (sft_run / "final" / "adapter_config.json").exists()
+    assert results[1]["model_path"] == str(sft_run / "final")
+    assert f"teacher: {sft_run / 'final'}" in caplog.text
+    assert f"adapter {sft_run / 'final'}: merged into its base" in caplog.text
     final = tmp_path / "chain" / "2-distill" / "final"
     assert (final / "adapter_config.json").exists()  # the student trained a fresh LoRA adapter
     assert "adapter_merge: true" in (tmp_path / "chain" / "2-distill" / "config.yaml").read_text()
