@@ -100,7 +100,6 @@ def choice_letter(text: str, letters: str = "ABCDEFGHIJ") -> Optional[str]:
             bracket, letter = found.group(1), found.group(2)
             if letter.upper() in letters and (letter.isupper() or bracket):  # "answer is a rash" names no option
                 return letter.upper()
-                return letter
     return None
 
 
