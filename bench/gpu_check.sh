@@ -8,6 +8,9 @@
 #                    MedicalGPT's Trainer (a) and group_by_length (b) on a random Qwen2.5-1.5B shape, real tokenizer
 #        deepspeed   bench/gpu_check_deepspeed.sh (ZeRO-3 final/ reloads and generates, LoRA/QLoRA + ZeRO-2, ...)
 #        alignment   stage=dpo and stage=grpo with medgpt's defaults on the same 1.5B shape
+#        vllm        (optional, not in the default list: bash bench/gpu_check.sh vllm) stage.args.use_vllm=true,
+#                    vllm_mode=colocate for grpo, ppo (RLOO) and distill on the 1.5B shape; without vLLM on the
+#                    image: each run must stop with exit 2 and the one-line "needs vLLM" error
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PARTS=${1:-deepspeed,e2e,throughput,alignment}  # in this order
@@ -60,6 +63,32 @@ part_alignment() {  # completion, seconds per step and peak memory of DPO and GR
     alignment dpo data=medical_dpo stage.args.max_steps=20 stage.args.logging_steps=5
     alignment grpo data=medical_grpo stage.args.max_steps=4 stage.args.logging_steps=1
     cat "$WORK/dpo.log" "$WORK/grpo.log" > "$OUT/alignment.log"
+}
+
+part_vllm() {  # colocated vLLM generation through the stage config (docs/alignment.md), or its clear refusal
+    step "vllm: use_vllm=true, vllm_mode=colocate; grpo, ppo (RLOO), distill; Qwen2.5-1.5B shape"
+    local common=(stage.args.use_vllm=true stage.args.vllm_mode=colocate stage.args.vllm_gpu_memory_utilization=0.25
+                  stage.args.max_steps=2 stage.args.logging_steps=1 stage.args.max_completion_length=64
+                  stage.args.vllm_max_model_length=1024)
+    if python3 -c "import vllm" 2>/dev/null; then
+        alignment grpo data=grpo_demo stage.args.num_generations=4 "${common[@]}"
+        alignment ppo data=ppo_demo stage.args.num_generations=4 "${common[@]}"
+        alignment distill data=distill_demo stage.teacher="$MODEL" "${common[@]}"
+        cat "$WORK/grpo.log" "$WORK/ppo.log" "$WORK/distill.log" > "$OUT/vllm.log"
+        grep -hiE "vllm|colocate" "$OUT/vllm.log" | grep -viE "warn" | head -5
+    else
+        for stage in grpo ppo distill; do
+            timeout 120 python3 train.py stage=$stage hardware=full model=qwen2.5-0.5b model.path="$MODEL" logger=none \
+                output_root="$WORK/vllm-$stage" \
+                stage.teacher="$MODEL" "${common[@]}" > "$WORK/vllm-$stage.log" 2>&1
+            local rc=$? last; last=$(tail -n 1 "$WORK/vllm-$stage.log")
+            if [ $rc -eq 2 ] && [[ $last == "error: stage.args.use_vllm=true needs vLLM"* ]]; then
+                echo "PASS stage=$stage refused without vLLM: $last"
+            else
+                echo "FAIL stage=$stage exit $rc: $last"
+            fi
+        done
+    fi
 }
 
 alignment() {

@@ -51,6 +51,7 @@ class StageConfig:
     args: Any = MISSING  # {_target_: trl.XConfig, ...}: any field of that class
     reward_model: Optional[str] = None  # ppo/grpo: path of a run's final/ from stage=rm
     reward_funcs: Any = None  # grpo/ppo: list of {_target_: ...} reward functions
+    teacher: Optional[str] = None  # distill: the teacher (hub id, model folder or run folder), same tokenizer
     reference: str = "auto"  # dpo/kto: auto | copy | none (adapter-disabled reference with LoRA)
     batching: str = "token_budget"  # sft/pt batches: token_budget | group_by_length | random (medgpt.training.batching)
     tokens_per_batch: Optional[int] = None  # token_budget: padded tokens per batch (default batch size x max_length)

@@ -79,3 +79,51 @@ def test_grpo_trains_on_medicalgpt_prompts_and_logs_each_reward(tmp_path):
 ])
 def test_grpo_config_errors_before_model_load(tmp_path, monkeypatch, override, message):
     assert message in error_before_model_load(monkeypatch, tmp_path, "stage=grpo", override)
+
+
+PRESETS = {"grpo_dapo": {"loss_type": "dapo", "epsilon_high": 0.28, "mask_truncated_completions": True},
+           "grpo_dr": {"loss_type": "dr_grpo", "scale_rewards": "none"},
+           "grpo_bnpo": {"loss_type": "bnpo"},
+           "grpo_gspo": {"loss_type": "grpo", "importance_sampling_level": "sequence", "steps_per_generation": 4},
+           "grpo_cispo": {"loss_type": "cispo", "epsilon_high": 5.0}}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_grpo_loss_presets_compose_and_train_one_step(tmp_path, preset):
+    """Each preset composes onto stage=grpo and its settings reach the trainer: one step on the demo prompts."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+
+    cfg = compose(f"stage={preset}")
+    assert cfg.stage.module == "medgpt.stages.grpo" and cfg.data.name == f"{preset}_demo"
+    assert {k: cfg.stage.args[k] for k in PRESETS[preset]} == PRESETS[preset]
+    run_dir, metrics = train_in_process(tmp_path, f"stage={preset}", "stage.args.max_steps=1",
+                                        "stage.args.max_completion_length=4", "stage.args.num_generations=2",
+                                        "stage.args.per_device_train_batch_size=2", "stage.args.logging_steps=1")
+    assert metrics["status"] == "completed" and metrics["global_step"] == 1
+    args = OmegaConf.load(run_dir / "config.yaml").stage.args
+    assert {k: args[k] for k in PRESETS[preset]} == PRESETS[preset]
+
+
+@pytest.mark.parametrize("stage", ["grpo", "ppo"])
+def test_vllm_generation_is_refused_on_cpu_before_model_load(tmp_path, monkeypatch, stage):
+    message = error_before_model_load(monkeypatch, tmp_path, f"stage={stage}", "stage.args.use_vllm=true")
+    assert message == ("stage.args.use_vllm=true needs a CUDA GPU and none is used here (CPU run): drop it "
+                       "(stage.args.use_vllm=false generates with transformers)")
+
+
+def test_vllm_generation_without_vllm_or_with_an_unknown_mode_is_refused(monkeypatch):
+    import importlib.util
+    from types import SimpleNamespace
+
+    from medgpt.errors import UserError
+    from medgpt.stages.grpo import check_generation_backend
+
+    gpu = SimpleNamespace(cuda=True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else object())
+    with pytest.raises(UserError, match=r"needs vLLM, which is not installed: pip install 'trl\[vllm\]'"):
+        check_generation_backend({"use_vllm": True, "vllm_mode": "colocate"}, gpu)
+    with pytest.raises(UserError, match="vllm_mode=remote: use colocate"):
+        check_generation_backend({"use_vllm": True, "vllm_mode": "remote"}, gpu)
+    check_generation_backend({"use_vllm": False}, SimpleNamespace(cuda=False))  # off: nothing to check

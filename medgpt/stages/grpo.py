@@ -31,6 +31,25 @@ def check_generation_batch(args_cfg, defaults) -> None:
                         f"steps_per_generation = {batch} x {steps}; change one of them")
 
 
+def check_generation_backend(args_cfg, settings) -> None:
+    """stage.args.use_vllm=true (GRPO, RLOO, distillation: vLLM generates the completions, `vllm_mode: colocate`
+    shares the training GPU) needs a CUDA GPU and the vllm package: refused in one line before any model loads."""
+    import importlib.util
+
+    if not args_cfg.get("use_vllm"):
+        return
+    mode = args_cfg.get("vllm_mode") or "colocate"
+    if mode not in ("colocate", "server"):
+        raise UserError(f"stage.args.vllm_mode={mode}: use colocate (vLLM inside the training process) or server "
+                        f"(a separate `trl vllm-serve`)")
+    if not settings.cuda:
+        raise UserError("stage.args.use_vllm=true needs a CUDA GPU and none is used here (CPU run): drop it "
+                        "(stage.args.use_vllm=false generates with transformers)")
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError("stage.args.use_vllm=true needs vLLM, which is not installed: pip install 'trl[vllm]', or "
+                        "set stage.args.use_vllm=false")
+
+
 def config_defaults(config_class) -> dict:
     fields = config_class.__dataclass_fields__
     return {k: fields[k].default for k in ("num_generations", "per_device_train_batch_size", "steps_per_generation",
@@ -46,6 +65,7 @@ def prepare(rows, tokenizer, cfg, settings):
     check_reward_funcs(cfg.stage.reward_funcs)
     check_answers(cfg.stage.reward_funcs, rows)
     check_generation_batch(cfg.stage.args, config_defaults(GRPOConfig))
+    check_generation_backend(cfg.stage.args, settings)
     return prompt_dataset(rows), Counter(prompts=len(rows), with_answer=sum(r.get("answer") is not None
                                                                               for r in rows))
 

@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 
 from medgpt.errors import UserError
-from medgpt.stages.grpo import check_generation_batch, config_defaults, prompt_dataset
+from medgpt.stages.grpo import check_generation_backend, check_generation_batch, config_defaults, prompt_dataset
 from medgpt.training.guard import guarded
 from medgpt.training.rewards import (check_answers, check_reward_funcs, check_reward_model, instantiate_reward_funcs,
                                      load_reward_model)
@@ -44,6 +44,7 @@ def prepare(rows, tokenizer, cfg, settings):
     check_reward_funcs(nodes)
     check_answers(nodes, rows)
     check_generation_batch(cfg.stage.args, config_defaults(RLOOConfig))
+    check_generation_backend(cfg.stage.args, settings)
     return prompt_dataset(rows), Counter(prompts=len(rows))
 
 

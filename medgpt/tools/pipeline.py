@@ -24,6 +24,7 @@ log = logging.getLogger("medgpt")
 CONF = Path(__file__).resolve().parents[2] / "conf"
 REWARD_STAGES = ("rm",)  # their final/ scores answers; the policy chain goes around them
 NEEDS_REWARD_MODEL = ("ppo",)
+NEEDS_TEACHER = ("distill",)  # the teacher is never a stage of the chain: give <stage>:stage.teacher=<model>
 # what the summary shows per stage, first found wins (trainer log keys)
 KEY_METRICS = ("eval_accuracy", "eval_rewards/margins", "rewards/margins", "reward", "eval_loss")
 
@@ -80,6 +81,9 @@ def run_pipeline(stages: Sequence[str], overrides: Sequence[str] = (), root: Opt
     per_stage = split_overrides(stages, overrides)
     # compose every stage first: a typo in the last stage fails before the first one trains
     configs = [compose(stage_overrides(s, per_stage[s], None, None)) for s in stages]
+    for s, cfg in zip(stages, configs):
+        if s in NEEDS_TEACHER and not cfg.stage.teacher:
+            raise UserError(f"pipeline: {s} needs a teacher: add {s}:stage.teacher=<hub id, folder or run folder>")
     root = root or runs.pipeline_folder(configs[0].output_root)
     results: List[dict] = []
     policy, reward_model = None, None

@@ -23,6 +23,11 @@ from medgpt.runs import adapter_base, adapter_config, model_architectures, run_i
 
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 THINK_ANSWER = re.compile(r"^\s*<think>.+?</think>\s*<answer>.+?</answer>\s*$", re.DOTALL)
+# a choice letter stated as the answer: "Answer: B", "the answer is (B)", "答案：B", "答案是 B", "option B"
+STATED_CHOICE = re.compile(r"(?:answer|option|choice|答案|选项|选)\s*"
+                           r"(?:is|:|：|为|是|should be|would be)?\s*[:：]?\s*"
+                           r"([(\[（])?([A-Z])(?![A-Za-z])", re.IGNORECASE)
+LEADING_CHOICE = re.compile(r"^\s*([(\[（])?([A-Z])(?:[)\]）.:：,、]|$)")  # "B", "B.", "(B) ...", "B: ..."
 NUMBER = re.compile(r"^[-+]?\d+(?:[.,]\d+)?(?:e[-+]?\d+)?%?$", re.IGNORECASE)
 PUNCTUATION = set(string.punctuation) | {"。", "，", "！", "？", "：", "；", "、", "“", "”", "（", "）"}
 
@@ -83,6 +88,41 @@ def answer_accuracy(completions, answer=None, **kwargs) -> List[Optional[float]]
 def think_answer_format(completions, **kwargs) -> List[float]:
     """1.0 for exactly `<think>…</think><answer>…</answer>` (whitespace between allowed), else 0.0."""
     return [1.0 if THINK_ANSWER.match(completion_text(c)) else 0.0 for c in completions]
+
+
+def choice_letter(text: str, letters: str = "ABCDEFGHIJ") -> Optional[str]:
+    """The option letter a completion answers with, or None: inside the last <answer>…</answer> if present; a letter
+    stated as the answer ("Answer: B", "the answer is (B)", "答案：B"); else a letter opening the answer ("B",
+    "(B) Cardiologist", "B. …"). A stray capital elsewhere ("I think…") is not an answer."""
+    answer = extract_answer(text)
+    for pattern in (STATED_CHOICE, LEADING_CHOICE):
+        for found in pattern.finditer(unicodedata.normalize("NFKC", answer)):
+            bracket, letter = found.group(1), found.group(2)
+            if letter.upper() in letters and (letter.isupper() or bracket):  # "answer is a rash" names no option
+                return letter.upper()
+    return None
+
+
+def choice_accuracy(completions, answer=None, letters: str = "ABCDEFGHIJ", **kwargs) -> List[Optional[float]]:
+    """Multiple choice: 1.0 when the completion's option letter (choice_letter) is the record's answer letter ("C",
+    or "C. text"), 0.0 when it is another letter or none; None (ignored by TRL) for records without an answer."""
+    answers = answer if answer is not None else [None] * len(completions)
+    out: List[Optional[float]] = []
+    for completion, gold in zip(completions, answers):
+        gold_letter = choice_letter(str(gold), letters) if gold not in (None, "") else None
+        out.append(None if gold_letter is None else float(choice_letter(completion_text(completion), letters)
+                                                          == gold_letter))
+    return out
+
+
+def contains_keyword(completions, keywords: Any = (), **kwargs) -> List[float]:
+    """1.0 when the completion contains any of `keywords` (case-insensitive substring), else 0.0: e.g. a safety
+    reminder (`keywords: [doctor, 医生]`); also the easy reward of the learning tests."""
+    words = [keywords] if isinstance(keywords, str) else list(keywords)
+    if not words or not all(isinstance(w, str) and w for w in words):
+        raise UserError(f"contains_keyword: keywords={keywords!r}; give one or more non-empty strings")
+    lowered = [w.lower() for w in words]
+    return [1.0 if any(w in completion_text(c).lower() for w in lowered) else 0.0 for c in completions]
 
 
 def length_penalty(completions, max_chars: int = 512, **kwargs) -> List[float]:
@@ -183,15 +223,24 @@ def instantiate_reward_funcs(nodes: Any) -> list:
 
 
 def check_answers(nodes: Any, rows: list) -> None:
-    """An answer-accuracy reward needs every prompt record to carry its answer: say which do not."""
+    """An answer-checking reward (answer_accuracy, choice_accuracy) needs every prompt record to carry its answer, and
+    choice_accuracy an option letter in it: say which records do not."""
     targets = {node.get("_target_") for node in list(nodes or []) if hasattr(node, "get")}
-    if f"{__name__}.answer_accuracy" not in targets:
-        return
-    missing = [i + 1 for i, row in enumerate(rows) if row.get("answer") in (None, "")]
-    if missing:
-        raise UserError(f"{len(missing)} of {len(rows)} prompt records have no 'answer' (first: record {missing[0]}) "
-                        f"but the reward medgpt.training.rewards.answer_accuracy needs one. Fix: add \"answer\" to those "
-                        f"records, or drop that reward from stage.reward_funcs")
+    for name in ("answer_accuracy", "choice_accuracy"):
+        if f"{__name__}.{name}" not in targets:
+            continue
+        missing = [i + 1 for i, row in enumerate(rows) if row.get("answer") in (None, "")]
+        if missing:
+            raise UserError(f"{len(missing)} of {len(rows)} prompt records have no 'answer' (first: record "
+                            f"{missing[0]}) but the reward medgpt.training.rewards.{name} needs one. Fix: add "
+                            f"\"answer\" to those records, or drop that reward from stage.reward_funcs")
+        if name == "choice_accuracy":
+            no_letter = [i + 1 for i, row in enumerate(rows) if choice_letter(str(row["answer"])) is None]
+            if no_letter:
+                raise UserError(f"{len(no_letter)} of {len(rows)} prompt records have an 'answer' without an option "
+                                f"letter (first: record {no_letter[0]}: {str(rows[no_letter[0] - 1]['answer'])[:40]!r}) "
+                                f"but medgpt.training.rewards.choice_accuracy compares letters. Fix: answer with the "
+                                f"letter (\"C\" or \"C. text\"), or use answer_accuracy")
 
 
 def check_reward_funcs(nodes: Any) -> None:
