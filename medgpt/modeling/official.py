@@ -30,6 +30,7 @@ OFFICIAL = {
     "deepseek_v3": ("LlamaForCausalLM", "LlamaConfig"),  # the tokenizer is what is tested; MoE adds nothing here
     "llama2": ("LlamaForCausalLM", "LlamaConfig"),
 }
+BUILD_VERSION = 2  # bump when the build below changes: a new folder, never a half-replaced one
 TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, max_position_embeddings=8192)
 
@@ -70,7 +71,7 @@ def load_tokenizer(name: str):
 def tiny_model_dir(name: str) -> Path:
     """A tiny random model (2 layers, hidden 64) with the official tokenizer `name` and its full vocabulary,
     saved as safetensors next to the tokenizer files; a folder `model.path=` takes."""
-    folder = cache_root() / "official" / f"{name}-tiny"
+    folder = cache_root() / "official" / f"{name}-tiny-v{BUILD_VERSION}"
     if (folder / MODEL_CONFIG).is_file():  # written before the folder is moved into place
         return folder
     import torch
@@ -79,7 +80,7 @@ def tiny_model_dir(name: str) -> Path:
     tokenizer = load_tokenizer(name)
     architecture, config_class = (getattr(transformers, part) for part in OFFICIAL[name])
     vocab = len(tokenizer)
-    special = {key: getattr(tokenizer, f"{key}_id") for key in ("bos_token", "eos_token", "pad_token")}
+    special = {f"{key}_id": getattr(tokenizer, f"{key}_id") for key in ("bos_token", "eos_token", "pad_token")}
     config = config_class(vocab_size=vocab, tie_word_embeddings=True, **TINY_SHAPE,
                           **{k: v for k, v in special.items() if v is not None})
     torch.manual_seed(0)
