@@ -201,11 +201,16 @@ class Replier:
         if self.context is None:
             return wanted
         left = self.context - n_prompt
-        if max_tokens and n_prompt + max_tokens > self.context or left < 1:
+        if max_tokens and n_prompt + max_tokens > self.context:
             raise ContextTooLong(
                 f"This model's maximum context length is {self.context} tokens. However, you requested "
-                f"{n_prompt + (max_tokens or 1)} tokens ({n_prompt} in the messages, {max_tokens or 1} in the "
-                f"completion). Please reduce the length of the messages or completion.")
+                f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion). "
+                f"Please reduce the length of the messages or completion.")
+        if left < 1:
+            raise ContextTooLong(
+                f"This model's maximum context length is {self.context} tokens. However, your messages resulted "
+                f"in {n_prompt} tokens, which leave no room for a completion. Please reduce the length of the "
+                f"messages.")
         return min(wanted, left)
 
     def generation(self, ids: List[int], *, max_new_tokens: int, stop: Sequence[str] = (),

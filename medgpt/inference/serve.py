@@ -350,7 +350,9 @@ def create_app(model, tokenizer, model_name: str, *, api_key: Optional[str] = No
                     yield chunk({"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]})
                 yield chunk({}, "tool_calls" if calls else generation.finish_reason)
                 if body.stream_options and body.stream_options.include_usage:
-                    yield f"data: {json.dumps({'id': rid, 'object': 'chat.completion.chunk', 'created': created, 'model': model_name, 'choices': [], 'usage': usage()})}\n\n"  # noqa: E501
+                    final = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                             "choices": [], "usage": usage()}
+                    yield f"data: {json.dumps(final)}\n\n"
                 yield "data: [DONE]\n\n"
             finally:  # also when the client disconnects: stop generating, free the slot
                 watcher.cancel()

@@ -15,7 +15,6 @@ an error.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import List, Optional, Tuple
 
