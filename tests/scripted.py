@@ -26,14 +26,22 @@ def scripted_model():
         steps = 0
         prompt = None
 
-        def say(self, text: str, delay: float = 0.0, fail_at=None):
+        queue = ()
+        fresh = False
+
+        def say(self, text: str, *later: str, delay: float = 0.0, fail_at=None):
+            """The next generation writes text, the ones after it each of `later` in turn."""
             end = self.tokenizer_.convert_tokens_to_ids("<|im_end|>")
-            self.script_ids = self.tokenizer_.encode(text, add_special_tokens=False) + [end]
+            scripts = [self.tokenizer_.encode(t, add_special_tokens=False) + [end] for t in (text, *later)]
+            self.script_ids, self.queue, self.fresh = scripts[0], scripts[1:], True
             self.delay, self.fail_at = delay, fail_at
 
         def forward(self, input_ids=None, **kwargs):
             out = super().forward(input_ids=input_ids, **kwargs)
             if input_ids.shape[1] > 1:  # the prompt's pass: a new generation starts
+                if not self.fresh and self.queue:
+                    self.script_ids, self.queue = self.queue[0], self.queue[1:]
+                self.fresh = False
                 self.steps, self.prompt = 0, input_ids[0].tolist()
             step, self.steps = self.steps, self.steps + 1
             if self.fail_at is not None and step >= self.fail_at:

@@ -136,7 +136,7 @@ def scripted():
                      info={"chat_template_kwargs": NO_THINK}, max_body_bytes=64 * 1024, max_messages=8, docs=True)
     server, thread, url = _start(app)
     yield url, model, tokenizer
-    model.say("", delay=0)
+    model.say("")
     server.should_exit = True
     thread.join(timeout=10)
 
@@ -302,7 +302,7 @@ def test_client_disconnect_stops_generation_and_frees_the_slot(scripted):
         time.sleep(0.3)
         assert model.steps == steps < 100  # generation stopped, long before the script's end
     finally:
-        model.say("", delay=0)
+        model.say("")
 
 
 def test_template_runs_off_the_event_loop(scripted, monkeypatch):

@@ -83,7 +83,7 @@ def parse_hermes(text: str) -> Optional[Tuple[str, List[dict]]]:
             return None
         calls.append(call)
     content.append(rest)
-    return "".join(content).strip(), calls
+    return "\n".join(part.strip() for part in content if part.strip()), calls
 
 
 def parse_llama3_json(text: str) -> Optional[Tuple[str, List[dict]]]:
