@@ -233,8 +233,10 @@ def test_length_stop_and_context_limits(scripted):
     model.say("Drink water. STOP and then a lot more text that must never be sent " * 3)
     cut = client.chat.completions.create(model="scripted", messages=ASK, max_tokens=4)
     assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 4
-    streamed = list(client.chat.completions.create(model="scripted", messages=ASK, max_tokens=4, stream=True))
-    assert streamed[-1].choices[0].finish_reason == "length"
+    streamed = list(client.chat.completions.create(model="scripted", messages=ASK, max_tokens=4, stream=True,
+                                                   stream_options={"include_usage": True}))
+    assert streamed[-2].choices[0].finish_reason == "length"
+    assert streamed[-1].choices == [] and streamed[-1].usage.completion_tokens == 4
 
     stopped = client.chat.completions.create(model="scripted", messages=ASK, stop=["STOP", "never"])
     assert stopped.choices[0].message.content == "Drink water." and stopped.choices[0].finish_reason == "stop"

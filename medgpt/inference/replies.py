@@ -177,7 +177,7 @@ class Replier:
                  max_model_len: Optional[int] = None):
         info = info or {}
         self.model, self.tokenizer = model, tokenizer
-        self.template_kwargs = check_template_kwargs({**info.get("chat_template_kwargs", {}),
+        self.template_kwargs = check_template_kwargs({**(info.get("chat_template_kwargs") or {}),
                                                       **(chat_template_kwargs or {})})
         self.tool_format = tool_format(tokenizer.chat_template, info.get("template"))
         self.reasoning = thinks(tokenizer.chat_template)
@@ -187,12 +187,15 @@ class Replier:
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop_ids:
             stop_ids.append(tokenizer.eos_token_id)
         self.stop_ids = stop_ids
+        self.lock = threading.Lock()
 
     def render(self, messages: List[dict], tools: Optional[list] = None, template_kwargs=None) -> List[int]:
         """The prompt's token ids: the chat template with tools and template variables, assistant turn opened."""
         kwargs = {**self.template_kwargs, **check_template_kwargs(template_kwargs or {})}
-        return self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
-                                                  tokenize=True, return_dict=True, **kwargs)["input_ids"]
+        text = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
+                                                  tokenize=False, **kwargs)
+        with self.lock:  # one encode at a time: a fast tokenizer's Rust state is not shared across threads
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def budget(self, n_prompt: int, max_tokens: Optional[int], default: Optional[int] = None) -> int:
         """max_new_tokens for this prompt: the request's (refused when it does not fit), else `default` or the

@@ -6,6 +6,7 @@
 import argparse
 import asyncio
 import json
+import logging
 import os
 import secrets
 import threading
@@ -19,6 +20,7 @@ from medgpt.errors import UserError, command
 from medgpt.inference.chat import add_model_args, generation_overrides, load, with_system
 from medgpt.inference.replies import ContextTooLong, Replier, check_template_kwargs
 
+log = logging.getLogger(__name__)
 LIMITS = dict(max_body_bytes=2 * 1024 * 1024, max_messages=256)
 
 
@@ -308,6 +310,7 @@ def create_app(model, tokenizer, model_name: str, *, api_key: Optional[str] = No
             try:
                 text = await run_in_threadpool(lambda: "".join(generation))
             except Exception as e:
+                log.exception("generation failed")
                 return _error(500, f"generation failed: {type(e).__name__}: {e}", "server_error")
             finally:
                 watcher.cancel()
@@ -338,6 +341,7 @@ def create_app(model, tokenizer, model_name: str, *, api_key: Optional[str] = No
                         for delta in splitter.feed(piece):
                             yield chunk(delta)
                 except Exception as e:  # an error event, then the end: never a stream cut without a word
+                    log.exception("generation failed")
                     error = {"message": f"generation failed: {type(e).__name__}: {e}", "type": "server_error",
                              "param": None, "code": None}
                     yield f"data: {json.dumps({'error': error}, ensure_ascii=False)}\n\n"
