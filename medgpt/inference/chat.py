@@ -222,6 +222,7 @@ def template_kwargs_arg(text: Optional[str]) -> dict:
 
 
 def replier(args, model, tokenizer, info) -> Replier:
+    info = {**info, "template": args.template or info.get("template")}  # --template decides the tool format
     return Replier(model, tokenizer, info, chat_template_kwargs=template_kwargs_arg(args.chat_template_kwargs))
 
 

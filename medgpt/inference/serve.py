@@ -405,6 +405,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         raise UserError(f"--chat-template-kwargs: {e}") from None
     model, tokenizer, info = load(args)
+    info = {**info, "template": args.template or info.get("template")}  # --template decides the tool format
     name = args.model_name or f"medgpt-{info.get('stage', 'model')}-{info.get('model', 'custom')}"
     app = create_app(model, tokenizer, name, api_key=args.api_key, max_concurrency=args.max_concurrency,
                      max_waiting=args.max_waiting, system=args.system, info=info,
