@@ -340,3 +340,27 @@ def test_docs_behind_the_key_or_off(scripted, server):
     assert [status(url, p) for p in ("/docs", "/openapi.json")] == [401, 401]
     assert [status(url, p, KEY) for p in ("/docs", "/openapi.json")] == [200, 200]
     assert [status(server, p, KEY) for p in ("/docs", "/openapi.json")] == [404, 404]  # off by default
+
+
+def test_serve_takes_chat_template_kwargs_from_run_info(tmp_path, monkeypatch):
+    """`medgpt serve <folder>`: the folder's RUN_INFO chat_template_kwargs are the default, --chat-template-kwargs
+    goes over them (and a request's over both: test_reasoning_content_and_chat_template_kwargs)."""
+    from conftest import official
+
+    from medgpt.inference.serve import main
+    from medgpt.runs import write_run_info
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for f in official("qwen3", model=True).iterdir():
+        (folder / f.name).symlink_to(f)
+    write_run_info(folder, {"chat_template_kwargs": {"enable_thinking": False}})
+    apps = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: apps.append(app))
+    assert main([str(folder), "--chat-template-kwargs", '{"custom": 1}']) == 0
+    (replier,) = [a.replier for a in apps]
+    assert replier.template_kwargs == {"enable_thinking": False, "custom": 1}
+    assert replier.tokenizer.decode(replier.render(ASK)).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert replier.tool_format == "hermes" and replier.context == 8192
+    assert main([str(folder), "--chat-template-kwargs", '{"tokenize": true}']) == 2  # refused before loading
+    assert len(apps) == 1

@@ -364,7 +364,9 @@ def create_app(model, tokenizer, model_name: str, *, api_key: Optional[str] = No
 
         return Stream(events(), on_close=close, media_type="text/event-stream")
 
-    return Gate(app, api_key, max_body_bytes)
+    gate = Gate(app, api_key, max_body_bytes)
+    gate.replier = replier  # what the server answers with (its template variables, tool format, context)
+    return gate
 
 
 def parse_args(argv=None):
