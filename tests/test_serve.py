@@ -133,7 +133,8 @@ def scripted():
 
     model, tokenizer = scripted_model()
     app = create_app(model, tokenizer, "scripted", api_key=KEY, max_concurrency=1, max_waiting=1,
-                     info={"chat_template_kwargs": NO_THINK}, max_body_bytes=64 * 1024, max_messages=8, docs=True)
+                     info={"chat_template_kwargs": NO_THINK}, max_body_bytes=64 * 1024, max_messages=8, docs=True,
+                     generation={"temperature": 0})  # greedy unless a request says otherwise (faster than top-p)
     server, thread, url = _start(app)
     yield url, model, tokenizer
     model.say("")
