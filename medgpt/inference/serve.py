@@ -179,9 +179,19 @@ def _stream_class():
 
 
 async def _disconnected(receive) -> None:
-    """Returns when the client has gone (the ASGI server reports http.disconnect)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    """Returns when the client has gone (the ASGI server reports http.disconnect, or receiving fails)."""
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # a broken connection is a gone client too
+        return
+
+
+def _watch(receive, cancel: threading.Event):
+    """A task that sets `cancel` when the client goes; cancel the task when the answer is complete."""
+    task = asyncio.ensure_future(_disconnected(receive))
+    task.add_done_callback(lambda t: t.cancelled() or cancel.set())
+    return task
 
 
 def create_app(model, tokenizer, model_name: str, *, api_key: Optional[str] = None, max_concurrency: int = 2,
@@ -305,8 +315,7 @@ def create_app(model, tokenizer, model_name: str, *, api_key: Optional[str] = No
             return {"prompt_tokens": n_prompt, "completion_tokens": done, "total_tokens": n_prompt + done}
 
         if not body.stream:
-            watcher = asyncio.ensure_future(_disconnected(request.receive))
-            watcher.add_done_callback(lambda task: task.cancelled() or cancel.set())
+            watcher = _watch(request.receive, cancel)
             try:
                 text = await run_in_threadpool(lambda: "".join(generation))
             except Exception as e:
@@ -332,8 +341,7 @@ def create_app(model, tokenizer, model_name: str, *, api_key: Optional[str] = No
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
         async def events():
-            watcher = asyncio.ensure_future(_disconnected(request.receive))
-            watcher.add_done_callback(lambda task: task.cancelled() or cancel.set())
+            watcher = _watch(request.receive, cancel)
             try:
                 yield chunk({"role": "assistant", "content": ""})
                 try:
