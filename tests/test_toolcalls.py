@@ -45,6 +45,8 @@ def test_tool_calls_parse(text, fmt, content, calls):
     ('{"name": "f", "parameters": {}} and some words', "llama3_json"),
     ("The answer is {not a call}", "llama3_json"),
     (LLAMA, "hermes"),  # the model's format decides
+    ("<tool_call>" + "[" * 100_000 + "</tool_call>", "hermes"),  # nested past the JSON parser's recursion
+    ("{" + '"a":' * 50_000, "llama3_json"),
     ("just words", None),
 ])
 def test_unparseable_calls_stay_plain_content(text, fmt):

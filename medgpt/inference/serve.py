@@ -324,7 +324,11 @@ def create_app(model, tokenizer, model_name: str, *, api_key: Optional[str] = No
             finally:
                 watcher.cancel()
                 close()
-            reasoning, content, calls = splitter.split(text)
+            try:
+                reasoning, content, calls = splitter.split(text)
+            except Exception:  # a parser bug must not cost the answer: the text as it came
+                log.exception("could not split the reply")
+                reasoning, content, calls = None, text.strip(), []
             message: Dict[str, Any] = {"role": "assistant", "content": content if content or not calls else None}
             if reasoning is not None:
                 message["reasoning_content"] = reasoning

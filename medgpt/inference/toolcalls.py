@@ -59,7 +59,7 @@ def _call(obj, argument_keys: Tuple[str, ...]) -> Optional[dict]:
     if isinstance(args, str):  # some models write the arguments as a JSON string
         try:
             args = json.loads(args)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser
             return None
     if not isinstance(args, dict):
         return None
@@ -77,7 +77,7 @@ def parse_hermes(text: str) -> Optional[Tuple[str, List[dict]]]:
         body, _, rest = rest.partition(TOOL_CLOSE)  # an unclosed last block counts if its JSON is whole
         try:
             call = _call(json.loads(body.strip()), ("arguments", "parameters"))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser
             return None
         if call is None:
             return None
@@ -97,7 +97,7 @@ def parse_llama3_json(text: str) -> Optional[Tuple[str, List[dict]]]:
     while rest:
         try:
             obj, end = decoder.raw_decode(rest)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser
             return None
         call = _call(obj, ("parameters", "arguments"))
         if call is None:
