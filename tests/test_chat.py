@@ -184,3 +184,57 @@ def test_torchrun_two_processes_merge_in_order(tmp_path, sft_run, sft_loaded):
     expected = complete_batch(*sft_loaded[:2], _conversations(many), **GREEDY)
     assert [r["question"] for r in rows] == many
     assert [r["answer"] for r in rows] == [e.text for e in expected]
+
+
+def test_chat_shows_tool_calls_and_reasoning(tmp_path, monkeypatch, capsys):
+    """--tools reach the official Qwen3 template; a <tool_call> is shown as 'tool_call> name {arguments}', /tool
+    answers it (rendered as the official template renders a role "tool" turn); <think> shows as [think]."""
+    import io
+
+    from scripted import scripted_model
+
+    from medgpt.inference.chat import main
+
+    model, tokenizer = scripted_model()
+    monkeypatch.setattr("medgpt.inference.chat.load", lambda args: (model, tokenizer, {}))
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    (tmp_path / "tools.json").write_text(json.dumps(tools), encoding="utf-8")
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    flags = ["--tools", str(tmp_path / "tools.json"), "--chat-template-kwargs", '{"enable_thinking": false}']
+
+    model.say(call)
+    assert main(["any", "--prompt", "Weather in Paris?", *flags]) == 0
+    assert capsys.readouterr().out.strip() == 'tool_call> get_weather {"city": "Paris"}'
+    asked = [{"role": "user", "content": "Weather in Paris?"}]
+    assert model.prompt == tokenizer.apply_chat_template(asked, tools=tools, add_generation_prompt=True,
+                                                         enable_thinking=False, return_dict=True)["input_ids"]
+
+    model.say("<think>\nIt is sunny.\n</think>\n\nSunny, 21 degrees.")
+    assert main(["any", "--prompt", "Weather in Paris?"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "Sunny, 21 degrees." and "[think] It is sunny. [/think]" in captured.err
+
+    model.say(call, "Sunny, 21 degrees.")
+    monkeypatch.setattr("sys.stdin", io.StringIO('Weather in Paris?\n/tool {"temp": 21}\n/exit\n'))
+    assert main(["any", *flags]) == 0
+    out = capsys.readouterr().out
+    assert 'tool_call> get_weather {"city": "Paris"}' in out and "assistant> Sunny, 21 degrees." in out
+    history = asked + [{"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": '{"temp": 21}'}]
+    assert model.prompt == tokenizer.apply_chat_template(history, tools=tools, add_generation_prompt=True,
+                                                         enable_thinking=False, return_dict=True)["input_ids"]
+
+
+def test_chat_rejects_a_bad_tools_file_before_loading(tmp_path, capsys):
+    from medgpt.inference.chat import main
+
+    bad = tmp_path / "tools.json"
+    bad.write_text('[{"type": "function", "function": {"description": "no name"}}]', encoding="utf-8")
+    assert main(["no/such/model/anywhere", "--prompt", "hi", "--tools", str(bad)]) == 2
+    assert f"--tools {bad}: tool 0 has no function name" in capsys.readouterr().err
+    bad.write_text("[not json", encoding="utf-8")
+    assert main(["no/such/model/anywhere", "--prompt", "hi", "--tools", str(bad)]) == 2
+    assert "invalid JSON" in capsys.readouterr().err

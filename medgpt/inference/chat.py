@@ -2,6 +2,7 @@
 
     medgpt chat outputs/runs/sft-tiny-cpu/<stamp>                      # interactive (/clear, /exit)
     medgpt chat <run> --prompt "头痛怎么办？"                            # one answer, then exit
+    medgpt chat <run> --tools tools.json                               # tool calls shown; /tool <result> answers
     medgpt chat <run> --input questions.jsonl --output answers.jsonl     # batch (txt: one a line)
     torchrun --nproc_per_node 2 -m medgpt chat <run> --input q.jsonl --output a.jsonl   # split across ranks
 """
@@ -16,7 +17,8 @@ from typing import List, Optional
 from medgpt.data import formats
 from medgpt.data.formats import RecordError
 from medgpt.errors import DataError, UserError, command
-from medgpt.modeling.generate import DEFAULTS, SETTINGS, complete_batch, stream
+from medgpt.inference.replies import Replier, check_template_kwargs
+from medgpt.modeling.generate import DEFAULTS, SETTINGS, complete_batch
 from medgpt.modeling.load import load_for_inference, resolve_path
 from medgpt.runs import adapter_base, world_size
 
@@ -186,9 +188,99 @@ def _vllm_answers(args, conversations) -> List[str]:
     return [o.outputs[0].text.strip() for o in outputs]
 
 
-def interactive(args, model, tokenizer) -> None:
+def read_tools(path: Optional[str]) -> Optional[List[dict]]:
+    """--tools: a JSON list of OpenAI tool definitions ({"type": "function", "function": {...}}) or of bare
+    function schemas ({"name", "description", "parameters"}), or an object with such a "tools" list."""
+    if not path:
+        return None
+    p = Path(path)
+    try:
+        tools = json.loads(p.read_text(encoding="utf-8"))
+    except OSError:
+        raise UserError(f"--tools {path}: no such file") from None
+    except ValueError as e:
+        raise UserError(f"--tools {path}: invalid JSON ({e}); write a JSON list of tool definitions") from None
+    if isinstance(tools, dict) and "tools" in tools:
+        tools = tools["tools"]
+    if not isinstance(tools, list) or not tools:
+        raise UserError(f"--tools {path}: expected a non-empty JSON list of tool definitions")
+    out = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise UserError(f"--tools {path}: tool {i} has no function name; write "
+                            f'{{"type": "function", "function": {{"name": ..., "parameters": {{...}}}}}}')
+        out.append({"type": "function", "function": function})
+    return out
 
-    print("medgpt chat: type a message; /clear starts over, /exit quits.", flush=True)
+
+def template_kwargs_arg(text: Optional[str]) -> dict:
+    try:
+        return check_template_kwargs(json.loads(text) if text else {})
+    except ValueError as e:
+        raise UserError(f"--chat-template-kwargs {text}: {e}") from None
+
+
+def replier(args, model, tokenizer, info) -> Replier:
+    info = {**info, "template": args.template or info.get("template")}  # --template decides the tool format
+    return Replier(model, tokenizer, info, chat_template_kwargs=template_kwargs_arg(args.chat_template_kwargs))
+
+
+def speak(args, replier: Replier, messages: List[dict], tools: Optional[List[dict]], *, reasoning_out,
+          calls_out) -> dict:
+    """Stream one reply: content to stdout as it comes, reasoning as [think] ... [/think] to reasoning_out,
+    tool calls (when the model makes them) as 'tool_call> name {arguments}' lines to calls_out. Returns the
+    assistant message for the history (with its tool_calls)."""
+    import sys
+
+    overrides = generation_overrides(args)
+    ids = replier.render(messages, tools)
+    generation = replier.generation(ids, max_new_tokens=replier.budget(len(ids), None,
+                                                                       overrides.pop("max_new_tokens")),
+                                    **overrides)
+    splitter = replier.splitter(ids, bool(tools))
+    state = {"thinking": False, "content": []}
+
+    def show(delta: dict) -> None:
+        if "reasoning_content" in delta:
+            if not state["thinking"]:
+                print("[think] ", end="", file=reasoning_out, flush=True)
+                state["thinking"] = True
+            print(delta["reasoning_content"], end="", file=reasoning_out, flush=True)
+            return
+        if state["thinking"]:
+            print(" [/think]", end="\n" if reasoning_out is not sys.stdout else " ", file=reasoning_out,
+                  flush=True)
+            state["thinking"] = False
+        state["content"].append(delta["content"])
+        print(delta["content"], end="", flush=True)
+
+    for piece in generation:
+        for delta in splitter.feed(piece):
+            show(delta)
+    rest, calls = splitter.finish()
+    for delta in rest:
+        show(delta)
+    if state["thinking"]:
+        print(" [/think]", file=reasoning_out, flush=True)
+    print(flush=True)
+    for call in calls:
+        print(f"tool_call> {call['function']['name']} {call['function']['arguments']}", file=calls_out,
+              flush=True)
+    message = {"role": "assistant", "content": "".join(state["content"]).strip()}
+    if calls:
+        message["tool_calls"] = [{"id": c["id"], "type": "function",
+                                  "function": {"name": c["function"]["name"],
+                                               "arguments": json.loads(c["function"]["arguments"])}}
+                                 for c in calls]
+    return message
+
+
+def interactive(args, replier: Replier, tools: Optional[List[dict]] = None) -> None:
+    import sys
+
+    print("medgpt chat: type a message; /clear starts over, /exit quits"
+          + (", /tool <result> answers the last tool call." if tools else "."), flush=True)
     history: List[dict] = []
     while True:
         try:
@@ -204,14 +296,17 @@ def interactive(args, model, tokenizer) -> None:
             history = []
             print("(history cleared)", flush=True)
             continue
-        history.append({"role": "user", "content": line})
+        if line.startswith("/tool"):
+            pending = [c for c in (history[-1].get("tool_calls", []) if history else [])]
+            if not pending:
+                print("(no tool call to answer)", flush=True)
+                continue
+            history.append({"role": "tool", "content": line[len("/tool"):].strip(), "tool_call_id": pending[0]["id"]})
+        else:
+            history.append({"role": "user", "content": line})
         print("assistant> ", end="", flush=True)
-        pieces = []
-        for piece in stream(model, tokenizer, with_system(args.system, history), **generation_overrides(args)):
-            pieces.append(piece)
-            print(piece, end="", flush=True)
-        print(flush=True)
-        history.append({"role": "assistant", "content": "".join(pieces).strip()})
+        history.append(speak(args, replier, with_system(args.system, history), tools, reasoning_out=sys.stdout,
+                             calls_out=sys.stdout))
 
 
 def parse_args(argv=None):
@@ -224,6 +319,10 @@ def parse_args(argv=None):
     parser.add_argument("--answer-field", default="answer", help="batch: key for the answer (default: answer)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    parser.add_argument("--tools", help="a JSON file of tool definitions (OpenAI format) offered to the model; "
+                                        "its tool calls are shown as 'tool_call> name {arguments}'")
+    parser.add_argument("--chat-template-kwargs", help='template variables over the run\'s own (RUN_INFO), '
+                                                       'e.g. \'{"enable_thinking": false}\'')
     args = parser.parse_args(argv)
     if bool(args.input) != bool(args.output):
         parser.error("--input and --output go together")
@@ -242,14 +341,19 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.input:
+        if args.tools:
+            raise UserError("--tools is for interactive and --prompt chats, not batch --input")
         run_batch(args)
         return 0
-    model, tokenizer, _ = load(args)
+    import sys
+
+    tools = read_tools(args.tools)
+    template_kwargs_arg(args.chat_template_kwargs)  # a bad value fails before the model loads
+    model, tokenizer, info = load(args)
+    talk = replier(args, model, tokenizer, info)
     if args.prompt:
         messages = with_system(args.system, [{"role": "user", "content": args.prompt}])
-        for piece in stream(model, tokenizer, messages, **generation_overrides(args)):
-            print(piece, end="", flush=True)
-        print()
+        speak(args, talk, messages, tools, reasoning_out=sys.stderr, calls_out=sys.stdout)
     else:
-        interactive(args, model, tokenizer)
+        interactive(args, talk, tools)
     return 0
