@@ -212,8 +212,8 @@ def _subsets(spec) -> List[Optional[str]]:
 
 
 def load_benchmark(name: str, spec: Dict[str, Any], *, hub_root: Optional[str], limit: Optional[int],
-                   few_shot: int, seed: int) -> Benchmark:
-    """Read and normalise every question (and the few-shot pool). Records that cannot be scored (filtered by
+                   few_shot: int) -> Benchmark:
+    """Read and normalise every question (and the few-shot candidates). Records that cannot be scored (filtered by
     `keep`, multiple-answer, no answer) are counted by reason (`<benchmark>/skipped` in metrics.json); none left
     stops the run with the reasons, before any model loads."""
     spec = {**spec, "name": spec.get("name") or name}
@@ -235,31 +235,31 @@ def load_benchmark(name: str, spec: Dict[str, Any], *, hub_root: Optional[str], 
                         f"skipped: {skipped}. Check the columns mapping in conf/benchmark/{name}.yaml "
                         f"(their column: our field)")
     bench.skipped = skipped
-    if few_shot:
-        bench.shots = fewshot_pool(bench, few_shot, seed, hub_root)
+    if few_shot and spec.get("fewshot_split"):
+        bench.shots = _first_of_split(bench, few_shot, hub_root)
     return bench
 
 
-def fewshot_pool(bench: Benchmark, k: int, seed: int, hub_root: Optional[str]) -> List[Item]:
-    """k solved examples shown before every question: the first k of spec.fewshot_split (per subset, as lm-eval's
-    first_n), or, without a few-shot split, k+1 questions of the scored split drawn with the seed (a question
-    never sees itself: the extra one replaces it)."""
-    spec = bench.spec
-    split = spec.get("fewshot_split")
-    if not split:
-        pool = random.Random(seed).sample(bench.items, min(k + 1, len(bench.items)))
-        return pool
-    out: List[Item] = []
+def _first_of_split(bench: Benchmark, k: int, hub_root: Optional[str]) -> List[Item]:
+    """The first k usable questions of spec.fewshot_split in each subset (lm-eval's first_n sampler)."""
+    spec, split, out = bench.spec, bench.spec["fewshot_split"], []
     for subset in _subsets(spec):
-        records = read_split(spec, subset, split, hub_root)
         taken = 0
-        for i, record in enumerate(records):
+        for i, record in enumerate(read_split(spec, subset, split, hub_root)):
             item, _ = normalise(spec, record, i, subset)
             if item is not None and taken < k:
                 item.id = f"{split}:{item.id}"
                 out.append(item)
                 taken += 1
     return out
+
+
+def choose_shots(bench: Benchmark, k: int, seed: int) -> None:
+    """The few-shot pool: the fewshot split's first k (read by load_benchmark), or, without a few-shot split,
+    k+1 questions of the scored split drawn with the seed (a question never sees itself: the extra one replaces
+    it). The same pool serves every question, so its ids are recorded once per benchmark."""
+    if k and not bench.spec.get("fewshot_split"):
+        bench.shots = random.Random(seed).sample(bench.items, min(k + 1, len(bench.items)))
 
 
 def shots_for(bench: Benchmark, item: Item, k: int) -> List[Item]:
