@@ -290,15 +290,16 @@ def messages_for(bench: Benchmark, item: Item, k: int, system: Optional[str] = N
 # ---- answer extraction from generated text (versioned rules; a changed rule gets a new name) ----
 
 def _letter_v1(text: str, choices: Sequence[str]) -> Optional[str]:
-    """letter-v1: (1) "答案是/为/：X", "answer is X", "answer: X", "option X"; (2) the reply starts with the letter
-    ("C", "C.", "(C)", "C、..."); (3) the only option letter standing alone in the reply. Case-sensitive letters
-    among the question's options; anything else is unparsed (scored wrong)."""
+    """letter-v1, first match wins: (1) "答案是/为/：X", "answer is X", "answer: X", "option X"; (2) the reply
+    starts with the letter and punctuation ("C.", "(C)", "C、", "C："); (3) exactly one option letter stands alone
+    in the reply ("C", "选D", "Liver, which is A"). Letters are upper case, among the question's options; any
+    other reply ("A or B", "I am not sure") is unparsed and scored wrong."""
     letters = "".join(choices)
     text = (text or "").strip()
     patterns = [rf"答案\s*(?:是|为|应为|应该是)?\s*[:：]?\s*[(（]?([{letters}])(?![A-Za-z])",
                 rf"(?i:answer)\s*(?:is|:)?\s*(?:option\s*)?[(]?([{letters}])(?![A-Za-z])",
                 rf"(?i:option)\s+([{letters}])(?![A-Za-z])",
-                rf"^[(（]?([{letters}])(?![A-Za-z])"]
+                rf"^[(（]?([{letters}])\s*[.．、:：)）]"]
     for pattern in patterns:
         found = re.search(pattern, text)
         if found:
