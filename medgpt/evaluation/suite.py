@@ -74,8 +74,6 @@ class HFScorer:
         return self.tokenizer(choice, add_special_tokens=False)["input_ids"]
 
     def loglik(self, requests):
-        import torch
-
         prepared = []  # (prompt ids, [choice ids])
         for messages, choices in requests:
             text, ids = self.prompt(messages)
@@ -84,26 +82,46 @@ class HFScorer:
             prepared.append((ids[-keep:], conts))
         out: List[List[float]] = [[] for _ in requests]
         single = [i for i, (_, conts) in enumerate(prepared) if all(len(c) == 1 for c in conts)]
-        multi = [i for i in range(len(prepared)) if i not in set(single)]
-        device = scoring.device_of(self.model)
-        with torch.inference_mode():  # one forward pass per question: the next-token distribution after the prompt
-            for batch in scoring.batches([len(prepared[i][0]) for i in single], self.batch_size):
-                rows = [single[j] for j in batch]
-                ids = scoring.pad([prepared[i][0] for i in rows], self.pad_id).to(device)
-                mask = scoring.pad([[1] * len(prepared[i][0]) for i in rows], 0).to(device)
-                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                last = mask.sum(-1) - 1
-                logp = torch.log_softmax(logits[torch.arange(len(rows), device=device), last].float(), dim=-1)
-                for k, i in enumerate(rows):
-                    out[i] = [float(logp[k, c[0]]) for c in prepared[i][1]]
-        examples, owners = [], []  # multi-token choices: one sequence per choice, labels on the choice only
+        # one forward pass per question: the next-token distribution after the prompt, every choice read from it
+        picks = [[(0, c[0]) for c in prepared[i][1]] for i in single]
+        for i, values in zip(single, self.tail_logprobs([prepared[i][0] for i in single], 1, picks)):
+            out[i] = values
+        seqs, picks, owners = [], [], []  # multi-token choices: one sequence per choice
+        multi = sorted(set(range(len(prepared))) - set(single))
+        width = max((len(c) for i in multi for c in prepared[i][1]), default=0) + 1
         for i in multi:
             ids, conts = prepared[i]
             for cont in conts:
-                examples.append((ids + cont, [scoring.IGNORE] * len(ids) + cont))
+                seqs.append(ids + cont)  # the positions width-len-1 .. width-2 of the tail predict the choice
+                picks.append([(width - len(cont) - 1 + k, t) for k, t in enumerate(cont)])
                 owners.append(i)
-        for i, (total, _) in zip(owners, scoring.token_logprobs(self.model, examples, self.pad_id, self.batch_size)):
-            out[i].append(total)
+        for i, values in zip(owners, self.tail_logprobs(seqs, width, picks)):
+            out[i].append(sum(values))
+        return out
+
+    def tail_logprobs(self, sequences: List[List[int]], width: int, picks: List[List[Tuple[int, int]]]):
+        """For each sequence, log p of the picked (tail position, token) pairs, the tail being its last `width`
+        positions (left-padded batches of similar length; only the tail goes through the LM head)."""
+        import torch
+
+        out: List[List[float]] = [[] for _ in sequences]
+        device = scoring.device_of(self.model)
+        with torch.inference_mode():
+            for batch in scoring.batches([len(s) for s in sequences], self.batch_size):
+                ids = scoring.pad([sequences[i] for i in batch], self.pad_id, left=True).to(device)
+                mask = scoring.pad([[1] * len(sequences[i]) for i in batch], 0, left=True).to(device)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                try:
+                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                                        logits_to_keep=width).logits
+                except TypeError:  # a model without logits_to_keep: every position's logits
+                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                        use_cache=False).logits
+                logp = torch.log_softmax(logits[:, -width:].float(), dim=-1)
+                for k, i in enumerate(batch):
+                    rows = torch.tensor([r for r, _ in picks[i]], device=logp.device)
+                    tokens = torch.tensor([t for _, t in picks[i]], device=logp.device)
+                    out[i] = logp[k, rows, tokens].tolist()
         return out
 
     def generate(self, prompts, max_new_tokens):
