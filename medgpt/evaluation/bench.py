@@ -3,7 +3,8 @@ the same MCQ file, the same loaded model, the same batch size, both with the mod
 
     python -m medgpt.evaluation.bench --model ~/.cache/medgpt/official/qwen3-tiny --questions 400 --batch-size 16
 
-The MCQ file is medgpt/demo_data/mcq_demo.jsonl repeated to --questions items (each copy its own id). medgpt:
+The MCQ file is medgpt/demo_data/mcq_demo.jsonl repeated to --questions items, each question made distinct
+("(Case n) ..."; lm-eval scores a repeated prompt once). medgpt:
 `suite.HFScorer.loglik` (one forward pass per question when every choice is one token); lm-eval: a local
 multiple_choice task over the same file (choices A-D, its own request batching and context caching). Both are
 timed around scoring only, after one warm-up pass, by the wall clock and by this process's CPU time (on a shared
@@ -51,7 +52,8 @@ def write_file(folder: Path, n: int) -> Path:
     path = folder / "mcq.jsonl"
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
-            f.write(json.dumps({**rows[i % len(rows)], "id": i}) + "\n")
+            row = rows[i % len(rows)]  # every prompt distinct: lm-eval would score repeated prompts once
+            f.write(json.dumps({**row, "question": f"(Case {i + 1}) {row['question']}", "id": i}) + "\n")
     return path
 
 
