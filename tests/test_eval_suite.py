@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import pytest
 
@@ -138,7 +137,10 @@ def zh_stub_run(tmp_path_factory):
                             "eval.few_shot=1")
 
 
-def test_always_first_scores_what_it_should(zh_stub_run, tmp_path):
+def test_always_first_scores_what_it_should(zh_stub_run, tmp_path, monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
     run_dir, metrics = zh_stub_run
     for name in ZH:
         assert metrics[f"{name}/accuracy"] == pytest.approx(ALWAYS_FIRST[name]), name
@@ -147,10 +149,14 @@ def test_always_first_scores_what_it_should(zh_stub_run, tmp_path):
     assert metrics["medical_zh/macro_accuracy"] == pytest.approx(sum(ALWAYS_FIRST[n] for n in ZH) / 5)  # 0.55
     assert metrics["cmb/skipped"] == 1 and metrics["cmb/n"] == 4
     assert metrics["ceval_medical/physician/accuracy"] == pytest.approx(1 / 2)
+    logged = []  # a live W&B run (as logger=wandb starts): the suite's numbers land under eval/
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(run=SimpleNamespace(summary={}), log=logged.append))
     _, en = train_in_process(tmp_path, "stage=eval", "eval=medical_en", HUB, STUB)
     for name in EN:
         assert en[f"{name}/accuracy"] == en[f"{name}/gen_accuracy"] == pytest.approx(ALWAYS_FIRST[name]), name
-    assert en["medical_en/macro_accuracy"] == pytest.approx(0.475)
+    assert en["medical_en/macro_accuracy"] == pytest.approx(0.475)  # (0.5 + 0.4 + 0.5 + 0.5) / 4
+    assert logged[-1]["eval/medical_en/macro_accuracy"] == pytest.approx(0.475)
+    assert logged[-1]["eval/pubmedqa/gen_accuracy"] == 0.5
 
 
 def test_suite_writes_table_metrics_and_reproducibility_record(zh_stub_run):

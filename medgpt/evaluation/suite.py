@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Tuple
 
 from medgpt.config import RunSettings
 from medgpt.errors import UserError
@@ -302,7 +302,7 @@ def run_suite(cfg, run_dir: Path, scorer, benches: List[bm.Benchmark], settings:
                 "batch_size": cfg.eval.batch_size}
     record = {"suite": suite, "model_path": model_path, "backend": scorer.name, "seed": settings.seed,
               "few_shot": cfg.eval.few_shot, "methods": list(cfg.eval.methods), "decoding": decoding,
-              "template": settings.template, "benchmarks": {}}
+              "template": settings.template, "hub_root": cfg.eval.hub_root, "benchmarks": {}}
     metrics: Dict = {"suite": suite, "eval_seed": settings.seed, "eval_backend": scorer.name}
     total_questions, total_s = 0, 0.0
     for bench in benches:
@@ -358,7 +358,3 @@ def render_table(record: Dict) -> str:
     head = (f"suite {record['suite']}: {record['model_path']} (backend {record['backend']}, seed {record['seed']}, "
             f"{record['few_shot']}-shot, greedy max_new_tokens={record['decoding']['max_new_tokens']})\n\n")
     return head + format_table(table_rows(record), columns=columns, fmt="md")
-
-
-def questions(benches: Sequence[bm.Benchmark]) -> int:
-    return sum(len(b.items) for b in benches)
