@@ -262,3 +262,41 @@ def test_pipeline_can_end_with_the_suite(tmp_path, capsys):
     assert results[1]["model_path"] == str(tmp_path / "chain" / "1-sft" / "final")
     assert results[1]["medical_en/macro_accuracy"] == pytest.approx(0.475)
     assert "medical_en/macro_accuracy=0.4750" in capsys.readouterr().out
+
+
+def test_vllm_scorer_reads_the_choice_positions_of_prompt_logprobs(monkeypatch, tiny_tokenizer):
+    """No GPU here: a stand-in `vllm` module with vLLM's call shapes (LLM(...).generate(prompts, SamplingParams)
+    -> outputs with prompt_logprobs[k] = {token id: Logprob}) checks which positions VLLMScorer sums."""
+    import sys
+    from types import SimpleNamespace
+
+    from medgpt.config import resolve
+    from medgpt.evaluation.suite import VLLMScorer
+
+    calls = []
+
+    class LLM:
+        def __init__(self, **kwargs):
+            calls.append(kwargs)
+
+        def generate(self, prompts, params, use_tqdm=False):
+            calls.append(params)
+            out = []
+            for p in prompts:
+                seq = p["prompt_token_ids"]  # log p of the token at k: -(k + 1) / 100, so sums name the positions
+                logprobs = [None] + [{t: SimpleNamespace(logprob=-(k + 1) / 100)} for k, t in enumerate(seq)][1:]
+                out.append(SimpleNamespace(prompt_logprobs=logprobs, outputs=[SimpleNamespace(text=" B. ")]))
+            return out
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM, SamplingParams=lambda **kw: kw))
+    settings = resolve(compose("stage=eval"), {"cuda": False, "bf16": False})
+    scorer = VLLMScorer("some/model", tiny_tokenizer, settings)
+    assert calls[0]["model"] == "some/model" and calls[0]["seed"] == 42 and calls[0]["enable_prefix_caching"]
+    messages = [{"role": "user", "content": "Which?"}]
+    (values,) = scorer.loglik([(messages, ["A", "B C"])])
+    text, ids = scorer.hf.prompt(messages)
+    n, conts = len(ids), [scorer.hf.continuation(text, ids, c) for c in ("A", "B C")]
+    expected = [-sum(k + 1 for k in range(n, n + len(c))) / 100 for c in conts]  # only the choice's positions
+    assert values == pytest.approx(expected)
+    assert calls[-1] == {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 1, "seed": 42}
+    assert scorer.generate([messages], 5) == ["B."] and calls[-1]["temperature"] == 0.0
