@@ -137,6 +137,13 @@ class EvalConfig:
     lm_eval_tasks: List[str] = field(default_factory=list)  # lm-evaluation-harness task names (needs lm-eval)
     lm_eval_include: List[str] = field(default_factory=list)  # folders of local lm-eval task YAMLs
     lm_eval_limit: Optional[int] = None  # examples per lm-eval task
+    # benchmark suites (eval=medical_zh | medical_en; medgpt/evaluation/suite.py, docs/evaluation.md)
+    suite: Optional[str] = None  # the preset group's name: metrics <suite>/macro_accuracy, suite.md
+    benchmarks: Dict[str, Any] = field(default_factory=dict)  # name -> conf/benchmark/<name>.yaml
+    methods: List[str] = field(default_factory=lambda: ["loglik", "generate"])  # how suites score an MCQ
+    backend: str = "auto"  # auto (vllm on CUDA when installed, else hf) | hf | vllm | <module>:<Scorer class>
+    hub_root: Optional[str] = None  # local mirror of the hub: <root>/<dataset id>/... read instead of the hub
+    limit: Optional[int] = None  # questions per benchmark (null: all)
 
 
 @dataclass

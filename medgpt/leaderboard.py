@@ -3,6 +3,7 @@ printed as an aligned table or written as markdown / CSV / JSON. No training cod
 
     python sweep.py outputs/multirun/2026-11-26/10-00-00 --sort eval_loss --format md
     python sweep.py 'outputs/runs/*/*' --no-plots                          # every single run so far
+    python sweep.py 'outputs/runs/eval-*/*' --suite medical_zh               # eval runs ranked by the suite
 """
 from __future__ import annotations
 
@@ -130,6 +131,28 @@ def default_columns(rows: List[Dict[str, Any]]) -> List[str]:
     if any(row.get("error") for row in rows):
         columns.append("error")
     return columns
+
+
+def suite_of(rows: List[Dict[str, Any]], wanted: Optional[str] = None) -> Optional[str]:
+    """The benchmark suite the rows were scored on (`suite` in metrics.json, eval=<suite>): `wanted` if some row
+    has it, else the most common one; None when no row ran a suite."""
+    names = [row.get("suite") for row in rows if isinstance(row.get(f"{row.get('suite')}/macro_accuracy"), float)
+             or isinstance(row.get(f"{row.get('suite')}/macro_gen_accuracy"), float)]
+    if wanted:
+        return wanted if wanted in names else None
+    return max(set(names), key=names.count) if names else None
+
+
+def suite_columns(rows: List[Dict[str, Any]], suite: str) -> List[str]:
+    """job, each benchmark's accuracy (log-likelihood, then generation), the suite's macro averages."""
+    benchmarks: List[str] = []
+    for row in rows:
+        if row.get("suite") == suite:
+            benchmarks += [k[:-len("/n")] for k in row if k.endswith("/n") and f"{k[:-2]}/prompt_version" in row
+                           and k[:-2] not in benchmarks]
+    columns = ["job"] + [f"{b}/accuracy" for b in benchmarks] + [f"{b}/gen_accuracy" for b in benchmarks]
+    columns += [f"{suite}/macro_accuracy", f"{suite}/macro_gen_accuracy"]
+    return [c for c in columns if any(row.get(c) is not None for row in rows)]
 
 
 def sort_rows(rows: List[Dict[str, Any]], sort: Optional[str]) -> List[Dict[str, Any]]:

@@ -58,6 +58,8 @@ WANDB = "wandb"  # logger=wandb: W&B's own folder (wandb.init(dir=<run folder>))
 PREDICTIONS = "predictions"  # stage=eval / eval_after_train: <task>.jsonl per scored file
 LM_EVAL = "lm_eval"  # eval.lm_eval_tasks: LM_EVAL_RESULTS
 LM_EVAL_RESULTS = "results.json"
+SUITE_TABLE = "suite.md"  # eval=<suite>: one table, per benchmark + macro average
+SUITE_RESULTS = "suite.json"  # eval=<suite>: scores with prompt versions, few-shot ids, seed, decoding
 # ---- names: in a sweep folder and a pipeline folder ----
 MULTIRUN_CONFIG = "multirun.yaml"  # the basic sweeper's record of the sweep
 LEADERBOARD = "leaderboard"  # medgpt sweep's tables and plots
@@ -241,6 +243,14 @@ def predictions_file(run_dir: PathLike, task: str) -> Path:
 
 def lm_eval_results(run_dir: PathLike) -> Path:
     return Path(run_dir) / LM_EVAL / LM_EVAL_RESULTS
+
+
+def suite_table(run_dir: PathLike) -> Path:
+    return Path(run_dir) / SUITE_TABLE
+
+
+def suite_results(run_dir: PathLike) -> Path:
+    return Path(run_dir) / SUITE_RESULTS
 
 
 def final_of(run_dir: PathLike) -> Path:

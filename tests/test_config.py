@@ -26,6 +26,10 @@ def _override(path: Path) -> list:
         return [f"hydra/launcher={name}"]
     if group == "sweep":
         return [f"+sweep={name}"]
+    if group == "eval":  # benchmark suites
+        return ["stage=eval", f"eval={name}"]
+    if group == "benchmark":  # one benchmark, as a suite's defaults list adds it
+        return ["stage=eval", f"+benchmark@eval.benchmarks.{name}={name}"]
     raise AssertionError(f"{path}: no test composes files in conf/{group}/; add the folder to _override")
 
 

@@ -19,7 +19,8 @@ ID_COLUMNS = ["job", "model_path", "stage"]
 def default_columns(rows: List[dict]) -> List[str]:
     present = {key for row in rows for key in row}
     ids = [c for c in ID_COLUMNS if c in present]
-    return ids + [c for c in EVAL_COLUMNS if c in present]
+    suites = sorted({k for k in present if k.endswith(("/macro_accuracy", "/macro_gen_accuracy"))})  # eval=<suite>
+    return ids + [c for c in EVAL_COLUMNS if c in present] + suites
 
 
 def unprefixed(row: dict) -> dict:

@@ -16,14 +16,14 @@ def device_of(model):
     return next(model.parameters()).device
 
 
-def _batches(lengths: Sequence[int], batch_size: int):
+def batches(lengths: Sequence[int], batch_size: int):
     """Index batches of similar length (less padding); callers put results back in the original order."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
 
 
-def _pad(rows: List[List[int]], value: int, left: bool = False):
+def pad(rows: List[List[int]], value: int, left: bool = False):
     import torch
 
     width = max(map(len, rows))
@@ -38,10 +38,10 @@ def token_logprobs(model, examples: List[Example], pad_id: int, batch_size: int 
     out: List[Tuple[float, int]] = [(0.0, 0)] * len(examples)
     device = device_of(model)
     with torch.inference_mode():
-        for batch in _batches([len(e[0]) for e in examples], batch_size):
-            ids = _pad([examples[i][0] for i in batch], pad_id).to(device)
-            labels = _pad([examples[i][1] for i in batch], IGNORE).to(device)
-            mask = _pad([[1] * len(examples[i][0]) for i in batch], 0).to(device)
+        for batch in batches([len(e[0]) for e in examples], batch_size):
+            ids = pad([examples[i][0] for i in batch], pad_id).to(device)
+            labels = pad([examples[i][1] for i in batch], IGNORE).to(device)
+            mask = pad([[1] * len(examples[i][0]) for i in batch], 0).to(device)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
             target = labels[:, 1:]
             logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -59,9 +59,9 @@ def reward_scores(model, sequences: List[List[int]], pad_id: int, batch_size: in
     out = [0.0] * len(sequences)
     device = device_of(model)
     with torch.inference_mode():
-        for batch in _batches([len(s) for s in sequences], batch_size):
-            ids = _pad([sequences[i] for i in batch], pad_id).to(device)
-            mask = _pad([[1] * len(sequences[i]) for i in batch], 0).to(device)
+        for batch in batches([len(s) for s in sequences], batch_size):
+            ids = pad([sequences[i] for i in batch], pad_id).to(device)
+            mask = pad([[1] * len(sequences[i]) for i in batch], 0).to(device)
             scores = model(input_ids=ids, attention_mask=mask).logits[:, 0].float().tolist()
             for j, i in enumerate(batch):
                 out[i] = scores[j]
@@ -76,9 +76,9 @@ def generate(model, prompts: List[List[int]], *, pad_id: int, stop_ids: List[int
     out: List[List[int]] = [[] for _ in prompts]
     device = device_of(model)
     with torch.inference_mode():
-        for batch in _batches([len(p) for p in prompts], batch_size):
-            ids = _pad([prompts[i] for i in batch], pad_id, left=True).to(device)
-            mask = _pad([[1] * len(prompts[i]) for i in batch], 0, left=True).to(device)
+        for batch in batches([len(p) for p in prompts], batch_size):
+            ids = pad([prompts[i] for i in batch], pad_id, left=True).to(device)
+            mask = pad([[1] * len(prompts[i]) for i in batch], 0, left=True).to(device)
             new = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=stop_ids, pad_token_id=pad_id, use_cache=True)[:, ids.shape[1]:]
             for j, i in enumerate(batch):

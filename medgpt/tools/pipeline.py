@@ -3,6 +3,7 @@ model of a later ppo stage instead), run in this process, then one summary table
 
     medgpt pipeline pt,sft,dpo
     medgpt pipeline sft,rm,ppo hardware=lora stage.args.max_steps=20 sft:data=medical_sft dpo:stage.args.beta=0.2
+    medgpt pipeline pt,sft,dpo,eval eval:eval=medical_zh       # ends by scoring the DPO model on a benchmark suite
 
 Overrides apply to every stage; `<stage>:<override>` to that stage only (its data, for one: each stage's default
 data is `<stage>_demo`). Run folders: <output_root>/pipelines/<stamp>/<n>-<stage>/, summary.json beside them.
@@ -103,7 +104,7 @@ def run_pipeline(stages: Sequence[str], overrides: Sequence[str] = (), root: Opt
         final = str(runs.final_of(run_dir))
         if s in REWARD_STAGES:
             reward_model = final
-        else:
+        elif cfg.stage.kind == "train":  # an eval stage scores the policy; the next stage still starts from it
             policy = final
     runs.write_json(root / runs.PIPELINE_SUMMARY, {"stages": list(stages), "results": results})
     print(summary_table(results, root), flush=True)
@@ -114,7 +115,8 @@ def key_metric(run_dir: str, metrics: dict):
     """The stage's telling number: eval accuracy (rm), reward margin (dpo), mean reward (grpo/ppo), else eval loss;
     from metrics.json, else the last logged value."""
     rows = runs.log_history(run_dir)
-    for key in KEY_METRICS:
+    suite = f"{metrics.get('suite')}/macro_accuracy"  # stage=eval eval=<suite>
+    for key in (suite, *KEY_METRICS):
         if isinstance(metrics.get(key), (int, float)):
             return key, float(metrics[key])
         logged = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))]

@@ -4,6 +4,7 @@ against each swept parameter. Reads run folders only (never imports training cod
     medgpt sweep outputs/multirun/2026-11-26/10-00-00                       # table + files in <folder>/leaderboard
     medgpt sweep outputs/multirun/2026-11-26/* --sort eval_loss --format md --out reports/
     python sweep.py outputs/multirun/2026-11-26/10-00-00                    # the same
+    medgpt sweep 'outputs/runs/eval-*/*' --suite medical_zh                 # rank models by a benchmark suite
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from medgpt.leaderboard import FORMATS, format_table, load_rows, varying_overrides
+from medgpt.leaderboard import FORMATS, format_table, load_rows, suite_columns, suite_of, varying_overrides
 from medgpt.runs import LEADERBOARD, log_history
 
 SUFFIX = {"text": "txt", "md": "md", "csv": "csv", "json": "json"}
@@ -25,6 +26,17 @@ def pick_metric(rows: List[Dict[str, Any]], wanted: Optional[str]) -> Optional[s
         return wanted.lstrip("-")
     return next((m for m in ("eval_loss", "train_loss") if any(isinstance(r.get(m), (int, float)) for r in rows)),
                 None)
+
+
+def suite_ranking(rows: List[Dict[str, Any]], suite: Optional[str], columns: Optional[List[str]]):
+    """--suite <name> (or runs that only ran a suite): sort by its macro accuracy (log-likelihood, else
+    generation), best first; columns: each benchmark and the macro averages. (metric, sort, columns) or None."""
+    name = suite_of(rows, suite)
+    if name is None:
+        return None
+    metric = next(m for m in (f"{name}/macro_accuracy", f"{name}/macro_gen_accuracy")
+                  if any(isinstance(r.get(m), (int, float)) for r in rows))
+    return metric, f"-{metric}", columns or suite_columns(rows, name)
 
 
 def job_label(row: Dict[str, Any], keys: List[str]) -> str:
@@ -113,6 +125,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="multirun folders, run folders or globs (quote them)")
     parser.add_argument("--sort", help="column to sort by (default: eval_loss, else train_loss); -col: descending")
+    parser.add_argument("--suite", help="rank eval runs by this benchmark suite's macro accuracy, best first "
+                                        "(e.g. medical_zh); the default for runs that only scored a suite")
     parser.add_argument("--desc", action="store_true", help="sort descending (for metrics where higher is better)")
     parser.add_argument("--format", choices=FORMATS, default="text", help="what to print (files get md/csv/json)")
     parser.add_argument("--columns", help="comma-separated columns (default: job, swept overrides, metrics)")
@@ -129,6 +143,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     metric = pick_metric(rows, args.sort)
     sort = f"-{metric}" if metric and (args.desc or (args.sort or "").startswith("-")) else metric
     columns = args.columns.split(",") if args.columns else None
+    ranked = suite_ranking(rows, args.suite, columns) if args.suite or metric is None else None
+    if args.suite and not ranked:
+        print(f"error: no run under {' '.join(args.paths)} scored the suite {args.suite} "
+              f"(python train.py stage=eval eval={args.suite} model.path=<run>)", file=sys.stderr)
+        return 2
+    if ranked:
+        metric, sort, columns = ranked
     print(format_table(rows, columns, sort, args.format), end="")
     single = len(args.paths) == 1 and Path(args.paths[0]).is_dir()
     out = Path(args.out) if args.out else (Path(args.paths[0]) / LEADERBOARD if single else Path(LEADERBOARD))
