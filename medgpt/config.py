@@ -41,6 +41,7 @@ class ModelConfig:
     rope_scaling: Dict[str, Any] = field(default_factory=dict)  # {type: linear|dynamic|yarn, factor: <n>|auto}
     adapter_merge: bool = False  # when path is a LoRA adapter: merge it into the base before training
     family: Optional[str] = None
+    licence: Optional[str] = None  # what the weights' licence allows (shown in docs/models.md), for ready configs
     tiny: Optional[Dict[str, Any]] = None  # shape of the embedded model (model=tiny only)
 
 
