@@ -254,3 +254,41 @@ def test_tool_turns_with_a_template_without_tools_is_a_user_error(family_tokeniz
     tok.chat_template = load_template("llama2")
     with pytest.raises(UserError, match="template llama2 has no tool-call format; use qwen"):
         chat_labels(tok, TOOL_CHAT)
+
+
+@pytest.mark.parametrize("think, nothink", [("qwen3", "qwen3_nothink"), ("qwen3_5", "qwen3_5_nothink")])
+def test_nothink_templates_are_the_thinking_ones_with_another_default(family_tokenizer, think, nothink):
+    """The *_nothink file is its thinking template with enable_thinking false unless a caller sets it (only the
+    header comment and the switch line differ), so both render alike for either explicit value."""
+    a, b = load_template(think).splitlines(), load_template(nothink).splitlines()
+    assert a[2:] == b[2:] and "enable_thinking" in a[1] and "enable_thinking" in b[1]
+    chat = CHAT[:4] + [{"role": "assistant", "content": A2, "reasoning_content": "Duration matters."}]
+    for value in (True, False):
+        assert render(family_tokenizer, think, chat, enable_thinking=value) == \
+            render(family_tokenizer, nothink, chat, enable_thinking=value)
+    assert render(family_tokenizer, nothink, chat) == render(family_tokenizer, think, chat, enable_thinking=False)
+
+
+def test_qwen3_5_renders_xml_tool_calls_and_opens_thinking(family_tokenizer):
+    text = render(family_tokenizer, "qwen3_5", HF_TOOL_CHAT, tools=TOOLS)
+    assert ("<|im_start|>assistant\n<tool_call>\n<function=lookup_drug>\n<parameter=name>\nibuprofen\n</parameter>\n"
+            "</function>\n</tool_call><|im_end|>\n") in text
+    assert "<IMPORTANT>" in text.split("Dose of ibuprofen?")[0] and '{"name": "lookup_drug"' in text
+    assert render(family_tokenizer, "qwen3_5", CHAT[:-1], add_generation_prompt=True).endswith(
+        "<|im_start|>assistant\n<think>\n")
+    string_args = copy.deepcopy(HF_TOOL_CHAT)
+    string_args[1]["tool_calls"][0]["function"]["arguments"] = '{"name": "ibuprofen"}'
+    with pytest.raises(jinja2.exceptions.TemplateError, match="as a mapping"):
+        render(family_tokenizer, "qwen3_5", string_args, tools=TOOLS)
+
+
+def test_deepseek_r1_drops_history_reasoning_and_keeps_the_last(family_tokenizer):
+    chat = [CHAT[1], {"role": "assistant", "content": f"<think>\nplan\n</think>\n\n{A1}"}, CHAT[3],
+            {"role": "assistant", "content": A2, "reasoning_content": "Duration matters."}]
+    text = render(family_tokenizer, "deepseek_r1", chat)
+    assert "plan" not in text
+    assert text.endswith(f"{DS_ASSISTANT}<think>\nDuration matters.\n</think>\n\n{A2}{DS_EOS}")
+    history = render(family_tokenizer, "deepseek3", [CHAT[1], {"role": "assistant", "content": A1}])
+    assert text.startswith(history)  # earlier turns: DeepSeek-V3's text of the answer without its reasoning
+    off = render(family_tokenizer, "deepseek_r1", chat, enable_thinking=False)
+    assert "Duration matters." not in off and off.endswith(f"{DS_ASSISTANT}<think>\n\n</think>\n\n{A2}{DS_EOS}")
