@@ -181,7 +181,8 @@ def sample_file(name: str) -> str:
 
 # Nodes whose keys come from a library class or are free-form: an override may add a key there without "+"
 # (`stage.args.max_steps=2`). stage.args keys are then checked against the trainer config class (check_trainer_args).
-OPEN_NODES = ("stage.args.", "hardware.args.", "model.tiny.", "model.rope_scaling.", "data.columns.")
+OPEN_NODES = ("stage.args.", "hardware.args.", "model.tiny.", "model.rope_scaling.", "model.chat_template_kwargs.",
+              "data.columns.")
 
 
 def normalize_overrides(overrides: List[str]) -> List[str]:

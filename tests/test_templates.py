@@ -292,3 +292,17 @@ def test_deepseek_r1_drops_history_reasoning_and_keeps_the_last(family_tokenizer
     assert text.startswith(history)  # earlier turns: DeepSeek-V3's text of the answer without its reasoning
     off = render(family_tokenizer, "deepseek_r1", chat, enable_thinking=False)
     assert "Duration matters." not in off and off.endswith(f"{DS_ASSISTANT}<think>\n\n</think>\n\n{A2}{DS_EOS}")
+
+
+def test_chat_template_kwargs_are_a_run_setting():
+    """model.chat_template_kwargs (default {}) resolves into RunSettings.chat_template_kwargs as a plain dict, the
+    value data preparation passes to apply_chat_template and final/medgpt.json records for serving."""
+    from conftest import compose
+    from medgpt.config import resolve
+
+    device = {"cuda": False, "bf16": False}
+    assert resolve(compose("model=qwen3-8b"), device).chat_template_kwargs == {}
+    settings = resolve(compose("model=qwen3-8b", "model.chat_template_kwargs={enable_thinking:false}"), device)
+    assert settings.chat_template_kwargs == {"enable_thinking": False}
+    assert type(settings.chat_template_kwargs) is dict and settings.source("chat_template_kwargs") == \
+        "model.chat_template_kwargs"
