@@ -37,9 +37,13 @@ LEGACY_SHAPED = {"llama-7b", "mixtral-8x7b", "llama3-8b", "qwen1.5-7b", "qwen2.5
 
 
 @functools.lru_cache(maxsize=None)
+def composed_run(name: str):
+    """Each file is composed once per session (composing costs ~1 s here), with LoRA for the estimate."""
+    return compose(f"model={name}", "hardware=lora")
+
+
 def composed(name: str):
-    """Each file is composed once per session (composing costs ~1 s here)."""
-    return compose(f"model={name}").model
+    return composed_run(name).model
 
 
 @pytest.fixture
@@ -99,8 +103,7 @@ def test_model_config_estimates_offline(name, no_network):
         size = int(experts or 1) * float(billions) * 1e9
     total = reference_shape(name).total
     assert 0.75 * size <= total <= 1.3 * size, f"{name}: {total / 1e9:.2f}B parameters"
-    cfg = compose(f"model={name}", "hardware=lora")
-    est = estimate_run(cfg, gpus=1, seq=1024, batch=1, precision="bf16")
+    est = estimate_run(composed_run(name), gpus=1, seq=1024, batch=1, precision="bf16")
     assert est.total > total * 2 * 0.9  # bf16 weights at least
 
 

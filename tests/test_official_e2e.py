@@ -16,6 +16,7 @@ from medgpt.modeling.templates import END_OF_TURN
 # official tokenizer -> the model config of its family
 FAMILY_CONFIG = {"qwen3": "qwen3-0.6b", "llama3": "llama3-8b", "llama3_1": "llama3.1-8b", "gemma3": "gemma3-1b",
                  "deepseek_v3": "deepseek-v3"}
+TEMPLATE = {"qwen3": "qwen3", "llama3": "llama3", "llama3_1": "llama3", "gemma3": "gemma", "deepseek_v3": "deepseek3"}
 SHORT = ("data.max_samples=4", "data.eval_split=0", "stage.args.max_steps=1", "data.max_length=128",
          "stage.args.per_device_train_batch_size=2", "stage.args.gradient_accumulation_steps=1",
          "stage.args.save_strategy=no", "stage.args.report_to=[]")
@@ -51,8 +52,7 @@ def test_sft_on_the_real_tokenizer_saves_final_and_chats(tmp_path, name):
     assert metrics["status"] == "completed" and metrics["global_step"] == 1
     reply, tokenizer, info, ids = chat_reply(run_dir)
     template = info["template"]
-    assert template == {"qwen3": "qwen3", "llama3": "llama3", "llama3_1": "llama3", "gemma3": "gemma",
-                        "deepseek_v3": "deepseek3"}[name]
+    assert template == TEMPLATE[name]
     assert len(tokenizer) == json.loads((official(name, model=True) / "official.json").read_text())["vocab_size"]
     assert tokenizer.convert_tokens_to_ids(END_OF_TURN[template]) != tokenizer.unk_token_id
     assert "头痛怎么办" in tokenizer.decode(ids) and isinstance(reply, str)
@@ -63,11 +63,23 @@ def test_sft_on_the_real_tokenizer_saves_final_and_chats(tmp_path, name):
         assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
 
+def saved_final(run_dir, name, stage):
+    """final/ holds the weights, the full tokenizer and the run info (chat from final/ is proven by the SFT test)."""
+    from medgpt import runs
+
+    final = run_dir / runs.FINAL
+    info = runs.run_info(str(final))
+    assert info["stage"] == stage and info["template"] == TEMPLATE[name] and runs.holds_model(final)
+    vocab = json.loads((official(name, model=True) / "official.json").read_text())["vocab_size"]
+    assert json.loads((final / runs.MODEL_CONFIG).read_text())["vocab_size"] == vocab
+    assert (final / "tokenizer.json").stat().st_size > 1_000_000  # the real vocabulary, not a stand-in
+
+
 @pytest.mark.parametrize("name", ["qwen3", "llama3_1"])
 def test_dpo_on_the_real_tokenizer(tmp_path, name):
     run_dir, metrics = train(tmp_path, name, "stage=dpo")
     assert metrics["status"] == "completed" and metrics["global_step"] == 1
-    assert chat_reply(run_dir)[2]["stage"] == "dpo"
+    saved_final(run_dir, name, "dpo")
 
 
 @pytest.mark.parametrize("name", ["qwen3", "llama3"])
@@ -75,5 +87,5 @@ def test_grpo_on_the_real_tokenizer(tmp_path, name):
     run_dir, metrics = train(tmp_path, name, "stage=grpo", "stage.args.num_generations=2",
                              "stage.args.max_completion_length=4")
     assert metrics["status"] == "completed" and metrics["global_step"] == 1
-    assert chat_reply(run_dir)[2]["stage"] == "grpo"
+    saved_final(run_dir, name, "grpo")
 
