@@ -28,7 +28,7 @@ def train(tmp_path, name, *overrides):
 
 
 def chat_reply(run_dir, question="头痛怎么办？"):
-    """One greedy reply from final/, as `medgpt chat` loads it; returns (reply, tokenizer, info)."""
+    """One greedy reply from final/, as `medgpt chat` loads it; returns (reply, tokenizer, info, prompt ids)."""
     from medgpt.modeling.generate import prompt_ids
     from medgpt.modeling.load import load_for_inference
 
