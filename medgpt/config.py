@@ -31,6 +31,8 @@ class ModelConfig:
     name: str = MISSING
     path: str = MISSING  # hub id, local folder, a run's final/, or "tiny" for the embedded model
     template: str = "chatml"  # a Jinja file under medgpt/modeling/templates/
+    # extra variables for the chat template at training and serving, e.g. {enable_thinking: false} (Qwen3-style)
+    chat_template_kwargs: Dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
     lora_target_modules: Any = "all-linear"  # "all-linear" or a list of module names
     max_length: int = 2048  # tokens per sample, unless data.max_length or stage.args.max_length says (RunSettings)
@@ -39,6 +41,7 @@ class ModelConfig:
     rope_scaling: Dict[str, Any] = field(default_factory=dict)  # {type: linear|dynamic|yarn, factor: <n>|auto}
     adapter_merge: bool = False  # when path is a LoRA adapter: merge it into the base before training
     family: Optional[str] = None
+    licence: Optional[str] = None  # what the weights' licence allows (shown in docs/models.md), for ready configs
     tiny: Optional[Dict[str, Any]] = None  # shape of the embedded model (model=tiny only)
 
 
@@ -186,7 +189,8 @@ def sample_file(name: str) -> str:
 
 # Nodes whose keys come from a library class or are free-form: an override may add a key there without "+"
 # (`stage.args.max_steps=2`). stage.args keys are then checked against the trainer config class (check_trainer_args).
-OPEN_NODES = ("stage.args.", "hardware.args.", "model.tiny.", "model.rope_scaling.", "data.columns.")
+OPEN_NODES = ("stage.args.", "hardware.args.", "model.tiny.", "model.rope_scaling.", "model.chat_template_kwargs.",
+              "data.columns.")
 
 
 def normalize_overrides(overrides: List[str]) -> List[str]:
@@ -277,6 +281,7 @@ class RunSettings:
     per_device_train_batch_size: Optional[int]  # stage.args > the trainer config's default; None: no trainer (eval)
     tokens_per_batch: Optional[int]  # token_budget batches: stage.tokens_per_batch > per-device batch x max_length
     template: str  # chat template: model.template
+    chat_template_kwargs: Dict[str, Any] = field(default_factory=dict, compare=False)  # model.chat_template_kwargs
     sources: Dict[str, str] = field(default_factory=dict, compare=False)  # setting -> the key that gave it
 
     def source(self, name: str) -> str:
@@ -328,10 +333,24 @@ def resolve(cfg: DictConfig, device: Dict[str, bool]) -> RunSettings:
                   ("per_device_train_batch_size x max_length",
                    batch * max_length if batch is not None else None))
     sources["template"] = "model.template"
+    sources["chat_template_kwargs"] = "model.chat_template_kwargs"
     return RunSettings(max_length=max_length, seed=seed, data_seed=data_seed, precision=precision, cuda=cuda,
                        lora_target_modules=lora_targets(targets, sources["lora_target_modules"]),
                        gradient_checkpointing=bool(checkpointing), per_device_train_batch_size=batch,
-                       tokens_per_batch=tokens, template=cfg.model.template, sources=sources)
+                       tokens_per_batch=tokens, template=cfg.model.template,
+                       chat_template_kwargs=chat_template_kwargs(cfg.model), sources=sources)
+
+
+def chat_template_kwargs(model_cfg) -> Dict[str, Any]:
+    """model.chat_template_kwargs as a plain dict: the extra template variables at training and serving."""
+    value = model_cfg.get("chat_template_kwargs")
+    if value is None:
+        return {}
+    value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else dict(value)
+    if not isinstance(value, dict):
+        raise UserError(f"model.chat_template_kwargs={value!r}: give a mapping, e.g. "
+                        "model.chat_template_kwargs={enable_thinking:false}")
+    return value
 
 
 def check_hardware_args(hw) -> None:

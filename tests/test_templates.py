@@ -68,6 +68,24 @@ GOLDEN = {
                        f"<start_of_turn>user\n{Q2}<end_of_turn>\n<start_of_turn>model\n{A2}<end_of_turn>\n",
               [f"{A1}<end_of_turn>", f"{A2}<end_of_turn>"]),
 }
+DS_USER, DS_ASSISTANT = "<\uff5cUser\uff5c>", "<\uff5cAssistant\uff5c>"
+GOLDEN["deepseek3"] = (DS_BOS, f"{DS_BOS}{S}{DS_USER}{Q1}{DS_ASSISTANT}{A1}{DS_EOS}{DS_USER}{Q2}{DS_ASSISTANT}{A2}{DS_EOS}",
+                       [f"{A1}{DS_EOS}", f"{A2}{DS_EOS}"])
+GOLDEN["deepseek_r1"] = (DS_BOS, f"{DS_BOS}{S}{DS_USER}{Q1}{DS_ASSISTANT}{A1}{DS_EOS}{DS_USER}{Q2}{DS_ASSISTANT}<think>\n"
+                                 f"\n</think>\n\n{A2}{DS_EOS}", [f"{A1}{DS_EOS}", f"\n</think>\n\n{A2}{DS_EOS}"])
+GOLDEN["qwen3_5"] = (None, f"{CHATML}<think>\n\n</think>\n\n{A2}<|im_end|>\n", [IM[0], f"\n</think>\n\n{A2}<|im_end|>"])
+GOLDEN["qwen3_5_nothink"] = (None, f"{CHATML}<think>\n\n</think>\n\n{A2}<|im_end|>\n", IM)
+GOLDEN["phi4"] = (None, "".join(f"<|im_start|>{r}<|im_sep|>{t}<|im_end|>" for r, t in
+                                (("system", S), ("user", Q1), ("assistant", A1), ("user", Q2), ("assistant", A2))),
+                  [f"{A1}<|im_end|>", f"{A2}<|im_end|>"])
+GOLDEN["glm4"] = (None, f"[gMASK]<sop><|system|>\n{S}<|user|>\n{Q1}<|assistant|>\n{A1}<|user|>\n{Q2}<|assistant|>\n{A2}<|user|>",
+                  [f"\n{A1}<|user|>", f"\n{A2}<|user|>"])
+GOLDEN["mistral_nemo"] = ("<s>", f"<s>[INST]{Q1}[/INST]{A1}</s>[INST]{S}\n\n{Q2}[/INST]{A2}</s>", [f"{A1}</s>", f"{A2}</s>"])
+GOLDEN["mistral_small"] = ("<s>", f"<s>[SYSTEM_PROMPT]{S}[/SYSTEM_PROMPT][INST]{Q1}[/INST]{A1}</s>[INST]{Q2}[/INST]{A2}</s>",
+                           [f"{A1}</s>", f"{A2}</s>"])
+# Markers the family tokenizers hold as single special tokens (so a mask boundary never falls inside one here).
+MARKERS = [DS_USER, DS_ASSISTANT, "<think>", "</think>", "<|im_sep|>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]",
+           "[/SYSTEM_PROMPT]", "[gMASK]", "<sop>", "<|system|>", "<|assistant|>", "<|observation|>"]
 # XVERSE's prompt ends in "Assistant: ": with a byte-level BPE the space and the answer's first letter are one token,
 # so that token (and with it the space) is trained; the rendered text itself is exactly XVERSE's.
 GOLDEN["xverse"] = (*GOLDEN["xverse"][:2], [f" {A1}<|endoftext|>", f" {A2}<|endoftext|>"])
@@ -84,7 +102,7 @@ def family_tokenizer(tiny_tokenizer):
     """The tiny tokenizer plus every family's special tokens, so ids and masks can be checked token by token."""
     tok = copy.deepcopy(tiny_tokenizer)
     specials = set(END_OF_TURN.values()) | {b for b, _, _ in GOLDEN.values() if b}
-    specials |= {token for extra in EXTRA_STOPS.values() for token in extra}
+    specials |= {token for extra in EXTRA_STOPS.values() for token in extra} | set(MARKERS)
     tok.add_special_tokens({"additional_special_tokens": sorted(specials - set(tok.get_vocab()))})
     return tok
 
@@ -156,7 +174,31 @@ TOOL_CHAT = [{"role": "user", "content": "Dose of ibuprofen?"}, {"role": "functi
              {"role": "assistant", "content": "Up to 1200 mg a day."}]
 
 
+# The same conversation as data records become (medgpt.data): an assistant message with tool_calls, a "tool" result.
+HF_TOOL_CHAT = [{"role": "user", "content": "Dose of ibuprofen?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"type": "function", "function": {"name": "lookup_drug", "arguments": {"name": "ibuprofen"}}}]},
+                {"role": "tool", "content": '{"max_daily_mg": 1200}'},
+                {"role": "assistant", "content": "Up to 1200 mg a day."}]
+LEGACY_TOOL_TEMPLATES = ("chatml", "qwen", "qwen3", "qwen3_nothink", "llama3", "chatglm3", "glm4")
+
+
 @pytest.mark.parametrize("name", TOOL_TEMPLATES)
+def test_tool_calls_and_results(family_tokenizer, name):
+    """tool_calls and role "tool": the tools listed before the question, the call trained, the result not."""
+    text = render(family_tokenizer, name, HF_TOOL_CHAT, tools=TOOLS)
+    assert "lookup_drug" in text.split("Dose of ibuprofen?")[0]
+    assert "ibuprofen" in text.split("Dose of ibuprofen?")[1] and '{"max_daily_mg": 1200}' in text
+    bos = GOLDEN[name][0]
+    out = family_tokenizer.apply_chat_template(HF_TOOL_CHAT, tools=TOOLS, chat_template=load_template(name),
+                                               return_dict=True, return_assistant_tokens_mask=True,
+                                               **({"bos_token": bos} if bos else {}))
+    trained = family_tokenizer.decode([t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m])
+    assert "lookup_drug" in trained and "ibuprofen" in trained and "Up to 1200 mg a day." in trained
+    assert "max_daily_mg" not in trained and "Dose of" not in trained
+
+
+@pytest.mark.parametrize("name", LEGACY_TOOL_TEMPLATES)
 def test_tool_turns(family_tokenizer, name):
     text = render(family_tokenizer, name, TOOL_CHAT, tools=TOOLS)
     assert "lookup_drug" in text.split("Dose of ibuprofen?")[0]  # the tool list comes before the question
@@ -172,6 +214,8 @@ def test_tool_turn_formats(family_tokenizer):
     assert f"<|im_start|>assistant\n<tool_call>\n{CALL}\n</tool_call><|im_end|>\n" in qwen
     assert '<|im_start|>user\n<tool_response>\n{"max_daily_mg": 1200}\n</tool_response><|im_end|>\n' in qwen
     assert "<tools>\n" + '{"type": "function", "function": {"name": "lookup_drug"' in qwen
+    assert render(family_tokenizer, "qwen", HF_TOOL_CHAT, tools=TOOLS) == qwen.replace(CALL, CALL.replace(
+        '"arguments": {"name": "ibuprofen"}', '"arguments": {"name": "ibuprofen"}'))  # same text from tool_calls
     llama = render(family_tokenizer, "llama3", TOOL_CHAT, tools=TOOLS)
     assert '<|start_header_id|>ipython<|end_header_id|>\n\n{"max_daily_mg": 1200}<|eot_id|>' in llama
     glm = render(family_tokenizer, "chatglm3", TOOL_CHAT, tools=TOOLS)
@@ -210,3 +254,55 @@ def test_tool_turns_with_a_template_without_tools_is_a_user_error(family_tokeniz
     tok.chat_template = load_template("llama2")
     with pytest.raises(UserError, match="template llama2 has no tool-call format; use qwen"):
         chat_labels(tok, TOOL_CHAT)
+
+
+@pytest.mark.parametrize("think, nothink", [("qwen3", "qwen3_nothink"), ("qwen3_5", "qwen3_5_nothink")])
+def test_nothink_templates_are_the_thinking_ones_with_another_default(family_tokenizer, think, nothink):
+    """The *_nothink file is its thinking template with enable_thinking false unless a caller sets it (only the
+    header comment and the switch line differ), so both render alike for either explicit value."""
+    a, b = load_template(think).splitlines(), load_template(nothink).splitlines()
+    assert a[2:] == b[2:] and "enable_thinking" in a[1] and "enable_thinking" in b[1]
+    chat = CHAT[:4] + [{"role": "assistant", "content": A2, "reasoning_content": "Duration matters."}]
+    for value in (True, False):
+        assert render(family_tokenizer, think, chat, enable_thinking=value) == \
+            render(family_tokenizer, nothink, chat, enable_thinking=value)
+    assert render(family_tokenizer, nothink, chat) == render(family_tokenizer, think, chat, enable_thinking=False)
+
+
+def test_qwen3_5_renders_xml_tool_calls_and_opens_thinking(family_tokenizer):
+    text = render(family_tokenizer, "qwen3_5", HF_TOOL_CHAT, tools=TOOLS)
+    assert ("<|im_start|>assistant\n<tool_call>\n<function=lookup_drug>\n<parameter=name>\nibuprofen\n</parameter>\n"
+            "</function>\n</tool_call><|im_end|>\n") in text
+    assert "<IMPORTANT>" in text.split("Dose of ibuprofen?")[0] and '{"name": "lookup_drug"' in text
+    assert render(family_tokenizer, "qwen3_5", CHAT[:-1], add_generation_prompt=True).endswith(
+        "<|im_start|>assistant\n<think>\n")
+    string_args = copy.deepcopy(HF_TOOL_CHAT)
+    string_args[1]["tool_calls"][0]["function"]["arguments"] = '{"name": "ibuprofen"}'
+    with pytest.raises(jinja2.exceptions.TemplateError, match="as a mapping"):
+        render(family_tokenizer, "qwen3_5", string_args, tools=TOOLS)
+
+
+def test_deepseek_r1_drops_history_reasoning_and_keeps_the_last(family_tokenizer):
+    chat = [CHAT[1], {"role": "assistant", "content": f"<think>\nplan\n</think>\n\n{A1}"}, CHAT[3],
+            {"role": "assistant", "content": A2, "reasoning_content": "Duration matters."}]
+    text = render(family_tokenizer, "deepseek_r1", chat)
+    assert "plan" not in text
+    assert text.endswith(f"{DS_ASSISTANT}<think>\nDuration matters.\n</think>\n\n{A2}{DS_EOS}")
+    history = render(family_tokenizer, "deepseek3", [CHAT[1], {"role": "assistant", "content": A1}])
+    assert text.startswith(history)  # earlier turns: DeepSeek-V3's text of the answer without its reasoning
+    off = render(family_tokenizer, "deepseek_r1", chat, enable_thinking=False)
+    assert "Duration matters." not in off and off.endswith(f"{DS_ASSISTANT}<think>\n\n</think>\n\n{A2}{DS_EOS}")
+
+
+def test_chat_template_kwargs_are_a_run_setting():
+    """model.chat_template_kwargs (default {}) resolves into RunSettings.chat_template_kwargs as a plain dict, the
+    value data preparation passes to apply_chat_template and final/medgpt.json records for serving."""
+    from conftest import compose
+    from medgpt.config import resolve
+
+    device = {"cuda": False, "bf16": False}
+    assert resolve(compose("model=qwen3-8b"), device).chat_template_kwargs == {}
+    settings = resolve(compose("model=qwen3-8b", "model.chat_template_kwargs={enable_thinking:false}"), device)
+    assert settings.chat_template_kwargs == {"enable_thinking": False}
+    assert type(settings.chat_template_kwargs) is dict and settings.source("chat_template_kwargs") == \
+        "model.chat_template_kwargs"

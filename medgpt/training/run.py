@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from medgpt import runs
-from medgpt.config import RunSettings, check_trainer_args, resolve, to_container
+from medgpt.config import RunSettings, chat_template_kwargs, check_trainer_args, resolve, to_container
 from medgpt.data import load_data
 from medgpt.data.cache import cached_prepare
 from medgpt.data.streaming import streaming_datasets
@@ -303,7 +303,9 @@ def _save_final_extras(final: Path, cfg, model, tokenizer) -> None:
         base_model.generation_config.save_pretrained(final)
     source = resolve_path(cfg.model.path, cfg.model.tiny)
     runs.write_run_info(final, {
-        "template": cfg.model.template, "stage": cfg.stage.name, "model": cfg.model.name,
+        "template": cfg.model.template,
+        "chat_template_kwargs": chat_template_kwargs(cfg.model),
+        "stage": cfg.stage.name, "model": cfg.model.name,
         "base_model": runs.adapter_base(str(final)), "source": runs.adapter_base(source) or source,
         "adapter": runs.is_adapter(final), "trust_remote_code": cfg.model.trust_remote_code,
         "quantization": cfg.hardware.quantization})
