@@ -272,7 +272,7 @@ class RunSettings:
     tokens_per_batch: Optional[int]  # token_budget batches: stage.tokens_per_batch > per-device batch x max_length
     template: str  # chat template: model.template
     sources: Dict[str, str] = field(default_factory=dict, compare=False)  # setting -> the key that gave it
-    fsdp: bool = False  # hardware/fsdp is set: checkpointing goes to FSDP's own (fsdp_config), not the trainer's
+    fsdp: bool = False  # hardware/fsdp: checkpointing is FSDP's own (hardware.fsdp_config), not the trainer's
     plan: Optional[Dict[str, Any]] = field(default=None, compare=False)  # hardware=auto: the decision (plan_hardware)
 
     def source(self, name: str) -> str:

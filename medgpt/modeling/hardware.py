@@ -98,9 +98,6 @@ def check_deepspeed(hw) -> None:
             f"hardware=lora hardware/deepspeed=zero3 (16-bit base, sharded)")
 
 
-FSDP_STATE_DICTS = ("FULL_STATE_DICT", "SHARDED_STATE_DICT")
-
-
 def check_fsdp(hw, launched: bool, cuda: bool = False) -> None:
     """Combinations FSDP2 cannot run, refused with a one-line reason (at check time, before data and model)."""
     if not hw.get("fsdp"):
@@ -113,18 +110,25 @@ def check_fsdp(hw, launched: bool, cuda: bool = False) -> None:
         raise UserError(f"hardware={hw.name} (8-bit base) with FSDP2 is not supported: bitsandbytes' int8 weights "
                         f"cannot be sharded by fully_shard. Use hardware=qlora4 (4-bit, sharded) or "
                         f"hardware/deepspeed=zero2 with 8-bit")
-    if fsdp.get("state_dict_type", "FULL_STATE_DICT") not in FSDP_STATE_DICTS:
-        raise UserError(f"hardware.fsdp.state_dict_type={fsdp.state_dict_type}: use one of "
-                        f"{', '.join(FSDP_STATE_DICTS)}")
-    if fsdp.get("state_dict_type") == "SHARDED_STATE_DICT":
-        raise UserError("hardware.fsdp.state_dict_type=SHARDED_STATE_DICT leaves final/ as per-rank shards that need "
-                        "torch.distributed to load: keep FULL_STATE_DICT (final/ is one safetensors model)")
-    if fsdp.get("cpu_offload") and not cuda:
-        raise UserError(f"hardware/fsdp={fsdp.name} offloads to CPU RAM from a GPU; without a CUDA GPU there is "
-                        f"nothing to offload from. Use hardware/fsdp=full_shard")
+    if fsdp.get("state_dict_type", "FULL_STATE_DICT") != "FULL_STATE_DICT":
+        raise UserError(f"hardware.fsdp.state_dict_type={fsdp.state_dict_type}: medgpt keeps FULL_STATE_DICT, so "
+                        f"final/ is one safetensors model that loads without torch.distributed")
+    if not cuda:
+        raise UserError(f"hardware/fsdp={fsdp.name} needs CUDA GPUs: accelerate {_version('accelerate')} runs FSDP "
+                        f"only on GPUs (on CPUs it would silently train plain DDP). Drop hardware/fsdp on a CPU "
+                        f"(torchrun still splits the batch), or use hardware/deepspeed=zero3, which shards on CPUs")
     if not launched:
         raise UserError(f"hardware/fsdp={fsdp.name} shards over processes: launch with torchrun "
                         f"(torchrun --nproc_per_node <gpus> train.py ...; 1 process is allowed under torchrun)")
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def check_hardware(cfg, device: Optional[Dict[str, Any]] = None) -> None:
@@ -213,11 +217,12 @@ def deepspeed_config(ds: Optional[dict], precision: str) -> Optional[dict]:
 
 
 def fsdp_config(fsdp: Optional[dict], activation_checkpointing: bool) -> Optional[dict]:
-    """The Trainer's `fsdp_config` for FSDP2 (transformers' keys: version 2, reshard_after_forward, cpu_offload,
-    auto-wrap of the decoder layer class, FSDP's own activation checkpointing, state_dict_type), or None.
-    transformer_layer_cls_to_wrap null: the model's _no_split_modules (its decoder layer class). FULL_STATE_DICT:
-    checkpoints and final/ hold one consolidated safetensors model (or adapter) that loads without torch.distributed.
-    Activation checkpointing goes to FSDP (the trainer's own gradient checkpointing would all-gather twice)."""
+    """The Trainer's `fsdp_config` for FSDP2 through accelerate (transformers 5.24's keys: version 2,
+    reshard_after_forward, cpu_offload, auto_wrap_policy with transformer_layer_cls_to_wrap, activation_checkpointing,
+    state_dict_type), or None. transformer_layer_cls_to_wrap null: the model's _no_split_modules (its decoder layer
+    class). FULL_STATE_DICT: checkpoints (model + optimizer, so a run resumes) and final/ hold one consolidated
+    safetensors model or adapter that loads without torch.distributed. Activation checkpointing goes to FSDP's own
+    (the trainer's gradient checkpointing under FSDP all-gathers twice; transformers refuses both at once)."""
     if not fsdp:
         return None
     from omegaconf import OmegaConf
