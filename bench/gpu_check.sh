@@ -8,6 +8,9 @@
 #                    MedicalGPT's Trainer (a) and group_by_length (b) on a random Qwen2.5-1.5B shape, real tokenizer
 #        deepspeed   bench/gpu_check_deepspeed.sh (ZeRO-3 final/ reloads and generates, LoRA/QLoRA + ZeRO-2, ...)
 #        alignment   stage=dpo and stage=grpo with medgpt's defaults on the same 1.5B shape
+#        fsdp        (optional, not in the default list) FSDP2 on the visible GPUs: tests/test_fsdp.py -m gpu (SFT
+#                    full/LoRA/QLoRA-4 and DPO full/LoRA train, final/ reloads and generates; a killed LoRA run
+#                    resumes exactly and merges), hardware=auto's plan for this machine:  bash bench/gpu_check.sh fsdp
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PARTS=${1:-deepspeed,e2e,throughput,alignment}  # in this order
@@ -60,6 +63,15 @@ part_alignment() {  # completion, seconds per step and peak memory of DPO and GR
     alignment dpo data=medical_dpo stage.args.max_steps=20 stage.args.logging_steps=5
     alignment grpo data=medical_grpo stage.args.max_steps=4 stage.args.logging_steps=1
     cat "$WORK/dpo.log" "$WORK/grpo.log" > "$OUT/alignment.log"
+}
+
+part_fsdp() {  # issue 23: FSDP2 through the Trainer (accelerate), which runs FSDP on GPUs only
+    step "fsdp: FSDP2 full_shard on $(python3 -c 'import torch; print(torch.cuda.device_count())') GPU(s)"
+    timeout 420 python3 -m pytest tests/test_fsdp.py -m gpu -q -rA -p no:cacheprovider --basetemp="$WORK/fsdp" \
+        > "$OUT/fsdp.log" 2>&1
+    echo "exit $?"; grep -E "^(PASSED|FAILED|SKIPPED|ERROR)" "$OUT/fsdp.log"
+    grep -qE "^(FAILED|ERROR)" "$OUT/fsdp.log" && tail -60 "$OUT/fsdp.log"
+    timeout 60 python3 -m medgpt estimate model=qwen2.5-7b hardware=auto | head -4  # the plan for this machine
 }
 
 alignment() {

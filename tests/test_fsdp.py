@@ -199,3 +199,55 @@ def test_gpu_fsdp_trains_and_final_loads_without_torch_distributed(tmp_path, ove
     with torch.no_grad():
         generated = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert generated.shape[1] == ids.shape[1] + 4
+
+
+KILL_DRIVER = """
+import os, runpy, signal, sys
+import transformers
+step = transformers.Trainer.training_step
+def dying(self, *args, **kwargs):  # the last rank dies in step 3, after checkpoint-2 is complete
+    if self.state.global_step == 2 and os.environ.get("RANK") == str(int(os.environ["WORLD_SIZE"]) - 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, *args, **kwargs)
+transformers.Trainer.training_step = dying
+sys.argv = [{train!r}, *sys.argv[1:]]
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_gpu_fsdp_killed_run_resumes_exactly_and_its_adapter_merges(tmp_path):
+    """SIGKILL one rank of an FSDP2 LoRA run in step 3; resume=auto continues its folder from checkpoint-2 and the
+    losses of steps 3-4 equal an uninterrupted run's (1e-4); `medgpt merge` then turns its final/ into a model."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from conftest import ROOT, free_port
+    from test_scaleout import torchrun
+
+    nproc = max(1, min(2, torch.cuda.device_count()))
+    overrides = ("hardware=lora", "hardware/fsdp=full_shard", *GPU_STEPS)
+    reference = torchrun(tmp_path / "reference", *overrides, nproc=nproc)
+    driver = tmp_path / "kill_driver.py"
+    driver.write_text(KILL_DRIVER.format(train=str(ROOT / "train.py")))
+    out = tmp_path / "crashed"
+    launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([*launch, f"--master_port={free_port()}", str(driver), f"output_root={out}", *overrides],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode != 0
+    resumed = torchrun(out, *overrides, "resume=auto", nproc=nproc)  # one run folder: the killed run's
+
+    def by_step(run_dir):
+        history = json.loads((run_dir / "history.json").read_text())["log_history"]
+        return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+    assert [by_step(resumed)[s] for s in (3, 4)] == pytest.approx([by_step(reference)[s] for s in (3, 4)], abs=1e-4)
+    merged = tmp_path / "merged"
+    from medgpt.tools import merge
+
+    assert merge.main([str(resumed / "final"), "--output", str(merged)]) == 0
+    assert (merged / "model.safetensors").exists() or (merged / "model.safetensors.index.json").exists()
