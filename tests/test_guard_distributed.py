@@ -1,6 +1,7 @@
 """The non-finite guard across ranks (issue 19 item 7): two CPU processes (gloo) where only rank 0 sees a NaN loss
 must take the same decision, both skipping the update (guard.skip_nonfinite=true) or both stopping, never one
-stepping while the other skips. Runs the guard callback itself in two spawned processes (no trainer; the ranks are forked from the test process, so nothing is imported twice).
+stepping while the other skips. Runs the guard callback itself in two processes (no trainer; the ranks are forked
+from the test process, so nothing is imported twice).
 
     python -m pytest -q tests/test_guard_distributed.py
 """

@@ -6,6 +6,8 @@ partitioning over N GPUs. Each term is printed.
     medgpt estimate model=llama-65b hardware=full hardware/deepspeed=zero3 --gpus 8 --seq 2048
     medgpt estimate --table        # MedicalGPT's VRAM table next to our estimates
 
+    medgpt estimate model=llama-7b hardware=auto hardware.auto.gpus=8 hardware.auto.memory_gb=80   # the plan
+
 Shapes: a local model folder's config.json (model.path or a run's final/), else SHAPES below by model.name, else
 the Hugging Face cache (AutoConfig, offline). Parameter counts come from the transformers model class built on
 the meta device, so they are exact for the architecture.
@@ -452,7 +454,8 @@ def plan(cfg, settings: RunSettings, machine: Dict[str, Any], global_batch: int,
         if row is chosen:
             row["verdict"] = "chosen"
         elif row["verdict"] is None:
-            row["verdict"] = (f"fits, slower (cost {row['cost']} > {chosen['cost']})" if row["method"] == chosen["method"]
+            same = row["method"] == chosen["method"]
+            row["verdict"] = (f"fits, slower (cost {row['cost']} > {chosen['cost']})" if same
                               else f"fits, but {chosen['method']} comes later in hardware.auto.methods")
     methods = list(auto.methods)
     why = (f"{chosen['method']} is the first of hardware.auto.methods {methods} with a setting that fits "

@@ -19,7 +19,8 @@ METHODS = ("full", "freeze", "lora", "dora")
 
 def device_info() -> Dict[str, Any]:
     """The visible machine: cuda, bf16, gpus (count), memory_gb (the smallest visible GPU's memory, else the
-    machine's RAM), ram_gb. hardware=auto plans for it unless hardware.auto.gpus / memory_gb describe another machine."""
+    machine's RAM), ram_gb. hardware=auto plans for it unless hardware.auto.gpus / memory_gb describe another
+    machine."""
     import torch
 
     cuda = torch.cuda.is_available()
