@@ -1,11 +1,10 @@
 """GPU memory estimate for a composed model x hardware, from the model's config only (no weights are loaded):
-weights, gradients, optimizer states, activations (with/without gradient checkpointing), logits, with ZeRO
-partitioning over N GPUs. Each term is printed.
+weights, gradients, optimizer states, activations (with/without gradient checkpointing), logits, with ZeRO or FSDP2
+sharding over N GPUs. Each term is printed. hardware=auto: `plan` picks the setting that fits a machine.
 
     medgpt estimate model=qwen2.5-7b hardware=qlora4
     medgpt estimate model=llama-65b hardware=full hardware/deepspeed=zero3 --gpus 8 --seq 2048
     medgpt estimate --table        # MedicalGPT's VRAM table next to our estimates
-
     medgpt estimate model=llama-7b hardware=auto hardware.auto.gpus=8 hardware.auto.memory_gb=80   # the plan
 
 Shapes: a local model folder's config.json (model.path or a run's final/), else SHAPES below by model.name, else
