@@ -458,7 +458,7 @@ def plan(cfg, settings: RunSettings, machine: Dict[str, Any], global_batch: int,
                               else f"fits, but {chosen['method']} comes later in hardware.auto.methods")
     methods = list(auto.methods)
     why = (f"{chosen['method']} is the first of hardware.auto.methods {methods} with a setting that fits "
-           f"{usable:.1f} GB per {'GPU' if cuda else 'CPU'} ({machine['memory_gb']:g} GB less the {auto.margin:.0%} "
+           f"{usable:.1f} GB per {'GPU' if cuda else 'CPU'} ({machine['memory_gb']:.1f} GB less the {auto.margin:.0%} "
            f"margin); among those, {label(chosen)} is the fastest (relative step time {chosen['cost']})")
     node = candidate_node(cfg.hardware, chosen["method"], chosen["sharding"])
     node.gradient_checkpointing = bool(chosen["gradient_checkpointing"])
@@ -486,10 +486,10 @@ def plan_report(record: Dict[str, Any]) -> str:
     """The decision and every candidate with its estimated memory, as printed before training and by medgpt
     estimate hardware=auto."""
     m = record["machine"]
-    where = f"{m['gpus']} GPU(s) x {m['memory_gb']:g} GB" if m["gpus"] else f"CPU, {m['memory_gb']:g} GB RAM"
-    lines = [f"hardware=auto for {record['model']} ({record['parameters'] / 1e9:.2f}B parameters, max_length "
+    where = f"{m['gpus']} GPU(s) x {m['memory_gb']:.1f} GB" if m["gpus"] else f"CPU, {m['memory_gb']:.1f} GB RAM"
+    lines = [f"hardware=auto for {record['model']} ({record['parameters'] / 1e6:,.1f}M parameters, max_length "
              f"{record['max_length']}, global batch {record['global_batch_size']}) on {where} ({m['source']}; "
-             f"usable {m['usable_gb']:g} GB, {m['precision']})",
+             f"usable {m['usable_gb']:.1f} GB, {m['precision']})",
              f"chosen: {record['chosen']['label']}", f"why: {record['why']}",
              f"  {'method':<8}{'sharding':<25}{'ckpt':<6}{'batch x acc':<13}{'GB':>8}  verdict"]
     for r in record["candidates"]:
