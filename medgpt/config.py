@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from medgpt.errors import UserError
-from medgpt.runs import run_folder, run_stamp, sweep_stamp
+from medgpt.runs import run_folder, run_stamp, sweep_stamp, world_size
 
 
 @dataclass
@@ -324,6 +324,10 @@ def plan_hardware(cfg: DictConfig, device: Dict[str, Any], planner: Optional[Pla
     if hw.deepspeed or hw.get("fsdp"):
         raise UserError("hardware=auto chooses ZeRO or FSDP itself: drop hardware/deepspeed=... and hardware/fsdp=...")
     machine = machine_of(hw.auto, device)
+    if world_size() > 1 and world_size() != max(machine["gpus"], 1):
+        raise UserError(f"hardware=auto plans for {machine['gpus']} GPU(s) but this launch has WORLD_SIZE="
+                        f"{world_size()} processes: launch one process per GPU, or set hardware.auto.gpus="
+                        f"{world_size()}")
     args = cfg.stage.args
     batch = args.get("per_device_train_batch_size") or trainer_default(args, "per_device_train_batch_size") or 1
     accumulation = args.get("gradient_accumulation_steps") or trainer_default(args, "gradient_accumulation_steps")

@@ -106,6 +106,14 @@ def test_auto_respects_an_explicit_checkpointing_choice_and_refuses_a_given_engi
         resolve(compose("hardware=auto"), device_info())
 
 
+def test_auto_refuses_a_launch_of_another_size(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(UserError, match="plans for 8 GPU.*WORLD_SIZE=4 .*hardware.auto.gpus=4"):
+        plan_for("llama-7b", 8, 80)
+    _, settings = plan_for("llama-7b", 4, 80)
+    assert settings.plan["global_batch_size"] == 16
+
+
 def test_estimate_command_shows_the_plan(capsys):
     assert estimate.main(["hardware=auto", "model.name=llama-7b", "model.max_length=2048", "hardware.auto.gpus=8",
                           "hardware.auto.memory_gb=80"]) == 0
