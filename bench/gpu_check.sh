@@ -11,6 +11,9 @@
 #        vllm        (optional, not in the default list: bash bench/gpu_check.sh vllm) stage.args.use_vllm=true,
 #                    vllm_mode=colocate for grpo, ppo (RLOO) and distill on the 1.5B shape; without vLLM on the
 #                    image: each run must stop with exit 2 and the one-line "needs vLLM" error
+#        fsdp        (optional, not in the default list) FSDP2 on the visible GPUs: tests/test_fsdp.py -m gpu (SFT
+#                    full/LoRA/QLoRA-4 and DPO full/LoRA train, final/ reloads and generates; a killed LoRA run
+#                    resumes exactly and merges), hardware=auto's plan for this machine:  bash bench/gpu_check.sh fsdp
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PARTS=${1:-deepspeed,e2e,throughput,alignment}  # in this order
@@ -89,6 +92,15 @@ part_vllm() {  # colocated vLLM generation through the stage config (docs/alignm
             fi
         done
     fi
+}
+
+part_fsdp() {  # issue 23: FSDP2 through the Trainer (accelerate), which runs FSDP on GPUs only
+    step "fsdp: FSDP2 full_shard on $(python3 -c 'import torch; print(torch.cuda.device_count())') GPU(s)"
+    timeout 420 python3 -m pytest tests/test_fsdp.py -m gpu -q -rA -p no:cacheprovider --basetemp="$WORK/fsdp" \
+        > "$OUT/fsdp.log" 2>&1
+    echo "exit $?"; grep -E "^(PASSED|FAILED|SKIPPED|ERROR)" "$OUT/fsdp.log"
+    grep -qE "^(FAILED|ERROR)" "$OUT/fsdp.log" && tail -60 "$OUT/fsdp.log"
+    timeout 60 python3 -m medgpt estimate model=qwen2.5-7b hardware=auto | head -4  # the plan for this machine
 }
 
 alignment() {

@@ -17,13 +17,13 @@ import importlib
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from medgpt.errors import UserError
-from medgpt.runs import run_folder, run_stamp, sweep_stamp
+from medgpt.runs import run_folder, run_stamp, sweep_stamp, world_size
 
 
 @dataclass
@@ -101,6 +101,8 @@ class HardwareConfig:
     freeze_trainable_modules: List[str] = field(default_factory=list)  # ... and/or these named modules
     gradient_checkpointing: bool = False  # unless stage.args.gradient_checkpointing says (RunSettings)
     deepspeed: Any = None  # a dict from hardware/deepspeed/<zeroN>
+    fsdp: Any = None  # a dict from hardware/fsdp/<name>: PyTorch FSDP2 (fully_shard) through the Trainer
+    auto: Any = None  # hardware=auto: the machine to plan for and the candidates (conf/hardware/auto.yaml)
     args: Dict[str, Any] = field(default_factory=dict)  # extra trainer args this hardware needs (not RunSettings')
 
 
@@ -283,6 +285,8 @@ class RunSettings:
     template: str  # chat template: model.template
     chat_template_kwargs: Dict[str, Any] = field(default_factory=dict, compare=False)  # model.chat_template_kwargs
     sources: Dict[str, str] = field(default_factory=dict, compare=False)  # setting -> the key that gave it
+    fsdp: bool = False  # hardware/fsdp: checkpointing is FSDP's own (hardware.fsdp_config), not the trainer's
+    plan: Optional[Dict[str, Any]] = field(default=None, compare=False)  # hardware=auto: the decision (plan_hardware)
 
     def source(self, name: str) -> str:
         return self.sources.get(name, name)
@@ -291,19 +295,89 @@ class RunSettings:
         """These settings under the trainer config's names (RESOLVED_TRAINER_ARGS)."""
         args = {"max_length": self.max_length, "seed": self.seed, "data_seed": self.data_seed,
                 "bf16": self.precision == "bf16", "fp16": self.precision == "fp16", "use_cpu": not self.cuda,
-                "gradient_checkpointing": self.gradient_checkpointing}
+                "gradient_checkpointing": self.gradient_checkpointing and not self.fsdp}
         if self.per_device_train_batch_size is not None:
             args["per_device_train_batch_size"] = self.per_device_train_batch_size
         return args
 
     def summary(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)} ({self.source(f.name)})"
-                         for f in dataclasses.fields(self) if f.name != "sources")
+                         for f in dataclasses.fields(self) if f.name not in ("sources", "plan"))
 
 
-def resolve(cfg: DictConfig, device: Dict[str, bool]) -> RunSettings:
+# hardware=auto's planner: (cfg, settings, machine, global batch, fixed checkpointing or None) -> the decision record
+# with "hardware" (the chosen node) and "chosen" (micro batch, accumulation). medgpt.modeling.estimate.plan is the
+# one the run and `medgpt estimate` pass (the estimator sits above this module).
+Planner = Callable[..., Dict[str, Any]]
+
+
+def resolve(cfg: DictConfig, device: Dict[str, Any], planner: Optional[Planner] = None) -> RunSettings:
     """The run's effective settings, each derived here and nowhere else (precedence: RunSettings' fields).
-    device: {"cuda": bool, "bf16": bool}, as medgpt.modeling.hardware.device_info() detects it, or GPU_DEVICE."""
+    device: {"cuda": bool, "bf16": bool} (+ "gpus", "memory_gb" for hardware=auto), as
+    medgpt.modeling.hardware.device_info() detects it, or GPU_DEVICE. hardware=auto: plan_hardware first replaces
+    the hardware node (and the micro batch / accumulation) by the planner's choice, so everything downstream, and
+    config.yaml, sees the hardware that runs."""
+    if cfg.hardware.get("auto") is not None:
+        record = plan_hardware(cfg, device, planner)
+        settings = _resolve(cfg, device)
+        sources = dict(settings.sources, per_device_train_batch_size="hardware=auto")
+        if sources["gradient_checkpointing"] == "hardware.gradient_checkpointing":
+            sources["gradient_checkpointing"] = "hardware=auto"
+        return dataclasses.replace(settings, plan=record, sources=sources)
+    return _resolve(cfg, device)
+
+
+def plan_hardware(cfg: DictConfig, device: Dict[str, Any], planner: Optional[Planner]) -> Dict[str, Any]:
+    """hardware=auto: the machine (hardware.auto.gpus / memory_gb, else the visible devices), the configured global
+    batch (per-device batch x accumulation x GPUs), the planner's decision applied to cfg. Returns the record."""
+    if planner is None:
+        raise UserError("hardware=auto is planned by training and `medgpt estimate`; name a hardware here "
+                        "(hardware=lora, ...)")
+    hw = cfg.hardware
+    if hw.deepspeed or hw.get("fsdp"):
+        raise UserError("hardware=auto chooses ZeRO or FSDP itself: drop hardware/deepspeed=... and hardware/fsdp=...")
+    machine = machine_of(hw.auto, device)
+    if world_size() > 1 and world_size() != max(machine["gpus"], 1):
+        raise UserError(f"hardware=auto plans for {machine['gpus']} GPU(s) but this launch has WORLD_SIZE="
+                        f"{world_size()} processes: launch one process per GPU, or set hardware.auto.gpus="
+                        f"{world_size()}")
+    args = cfg.stage.args
+    batch = args.get("per_device_train_batch_size") or trainer_default(args, "per_device_train_batch_size") or 1
+    accumulation = args.get("gradient_accumulation_steps") or trainer_default(args, "gradient_accumulation_steps")
+    world = max(machine["gpus"], 1)
+    global_batch = int(batch) * int(accumulation or 1) * world
+    record = planner(cfg, _resolve(cfg, device), machine, global_batch, args.get("gradient_checkpointing"))
+    cfg.hardware = OmegaConf.merge(OmegaConf.structured(HardwareConfig), record["hardware"])
+    with open_dict(cfg.stage.args):
+        cfg.stage.args.per_device_train_batch_size = record["chosen"]["per_device_train_batch_size"]
+        cfg.stage.args.gradient_accumulation_steps = record["chosen"]["gradient_accumulation_steps"]
+    return record
+
+
+def machine_of(auto: Any, device: Dict[str, Any]) -> Dict[str, Any]:
+    """The machine hardware=auto plans for: hardware.auto.gpus / memory_gb where given, else the visible devices
+    (device: medgpt.modeling.hardware.device_info())."""
+    gpus, memory, source = auto.get("gpus"), auto.get("memory_gb"), []
+    source.append("gpus: " + ("visible" if gpus is None else "hardware.auto.gpus"))
+    if gpus is None:
+        gpus = int(device.get("gpus") or 0)
+    if memory is None:
+        if gpus and not device.get("gpus"):
+            raise UserError(f"hardware.auto.gpus={gpus} plans for GPUs this machine does not have: give their memory "
+                            f"too, e.g. hardware.auto.memory_gb=80")
+        memory = float(device.get("memory_gb") or 0)
+        source.append("memory: visible" if gpus else "memory: this machine's RAM")
+    else:
+        source.append("memory: hardware.auto.memory_gb")
+    if int(gpus) < 0 or float(memory) <= 0:
+        raise UserError(f"hardware.auto.gpus={gpus}, hardware.auto.memory_gb={memory}: give gpus >= 0 and "
+                        f"memory_gb > 0")
+    ram = auto.get("ram_gb")
+    ram = float(ram) if ram is not None else float(device.get("ram_gb") or 0)
+    return {"gpus": int(gpus), "memory_gb": float(memory), "ram_gb": ram, "source": ", ".join(source)}
+
+
+def _resolve(cfg: DictConfig, device: Dict[str, Any]) -> RunSettings:
     check_hardware_args(cfg.hardware)
     args, sources = cfg.stage.args, {}
 
@@ -338,7 +412,8 @@ def resolve(cfg: DictConfig, device: Dict[str, bool]) -> RunSettings:
                        lora_target_modules=lora_targets(targets, sources["lora_target_modules"]),
                        gradient_checkpointing=bool(checkpointing), per_device_train_batch_size=batch,
                        tokens_per_batch=tokens, template=cfg.model.template,
-                       chat_template_kwargs=chat_template_kwargs(cfg.model), sources=sources)
+                       chat_template_kwargs=chat_template_kwargs(cfg.model), sources=sources,
+                       fsdp=bool(cfg.hardware.get("fsdp")))
 
 
 def chat_template_kwargs(model_cfg) -> Dict[str, Any]:

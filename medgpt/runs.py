@@ -10,7 +10,7 @@ these files or folders (tests/test_runs.py scans for them).
             <n>-<stage>/                             a run folder per stage
 
     a run folder:
-        config.yaml  environment.json  metrics.json  history.json  deepspeed.json  train.log
+        config.yaml  environment.json  metrics.json  history.json  deepspeed.json  hardware_plan.json  train.log
         .hydra/overrides.yaml                        (Hydra's record of the launch)
         checkpoints/checkpoint-N/ (+ checkpoint_complete.json; .tmp-checkpoint-N/ while written)
         final/                                       a model folder: config.json or adapter_config.json +
@@ -47,6 +47,7 @@ ENVIRONMENT = "environment.json"  # package versions and git state
 METRICS = "metrics.json"  # status, losses, timings: written at the end, or on failure
 HISTORY = "history.json"  # the trainer's log history
 DEEPSPEED = "deepspeed.json"  # the DeepSpeed dict the trainer got
+HARDWARE_PLAN = "hardware_plan.json"  # hardware=auto: the machine, the chosen setting, every candidate with its memory
 TRAIN_LOG = "train.log"  # Hydra's job log (hydra.job.name=train in conf/train.yaml)
 HYDRA = ".hydra"  # Hydra's record of the launch
 OVERRIDES = "overrides.yaml"  # in .hydra/: the overrides that made this run (a sweep's job)

@@ -20,6 +20,8 @@ def _override(path: Path) -> list:
         return [f"{group}={name}"]
     if group == "hardware/deepspeed":
         return ["hardware=full", f"hardware/deepspeed={name}"]
+    if group == "hardware/fsdp":
+        return ["hardware=full", f"hardware/fsdp={name}"]
     if group == "model/family":  # a family base: composes alone (name/path stay missing until a model sets them)
         return [f"model=family/{name}"]
     if group == "hydra/launcher":

@@ -1,10 +1,11 @@
 """GPU memory estimate for a composed model x hardware, from the model's config only (no weights are loaded):
-weights, gradients, optimizer states, activations (with/without gradient checkpointing), logits, with ZeRO
-partitioning over N GPUs. Each term is printed.
+weights, gradients, optimizer states, activations (with/without gradient checkpointing), logits, with ZeRO or FSDP2
+sharding over N GPUs. Each term is printed. hardware=auto: `plan` picks the setting that fits a machine.
 
     medgpt estimate model=qwen2.5-7b hardware=qlora4
     medgpt estimate model=llama-65b hardware=full hardware/deepspeed=zero3 --gpus 8 --seq 2048
     medgpt estimate --table        # MedicalGPT's VRAM table next to our estimates
+    medgpt estimate model=llama-7b hardware=auto hardware.auto.gpus=8 hardware.auto.memory_gb=80   # the plan
 
 Shapes: a local model folder's config.json (model.path or a run's final/), else SHAPES below by model.name, else
 the Hugging Face cache (AutoConfig, offline). Parameter counts come from the transformers model class built on
@@ -17,11 +18,11 @@ import functools
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-from medgpt.config import GPU_DEVICE, RunSettings, compose as compose_run, resolve
+from medgpt.config import CONF_DIR, GPU_DEVICE, HardwareConfig, RunSettings, compose as compose_run, resolve
 from medgpt.errors import UserError, command
-from medgpt.modeling.hardware import zero_stage
+from medgpt.modeling.hardware import check_deepspeed, check_fsdp, check_method, device_info, zero_stage
 from medgpt.modeling.load import resolve_path
 from medgpt.runs import adapter_base, world_size
 
@@ -276,14 +277,17 @@ def lora_parameters(shape: Shape, targets, r: int) -> tuple:
 
 
 def estimate(shape: Shape, hw, *, seq: int, batch: int, gpus: int = 1, attn: Optional[str] = None,
-             lora_targets="all-linear", precision: str = "bf16", gradient_checkpointing: bool = False) -> Estimate:
-    """Bytes per GPU, term by term. hw: the composed hardware node (method, quantization, lora_r, lora_dropout,
-    freeze_trainable_layers, deepspeed); the rest as the run's settings resolved them (medgpt.config.resolve)."""
+             lora_targets="all-linear", precision: str = "bf16", gradient_checkpointing: bool = False,
+             cuda: bool = True) -> Estimate:
+    """Bytes per GPU (per process on a CPU: cuda=False, no CUDA context), term by term. hw: the composed hardware
+    node (method, quantization, lora_r, lora_dropout, freeze_trainable_layers, deepspeed, fsdp); the rest as the
+    run's settings resolved them (medgpt.config.resolve)."""
 
     est = Estimate()
     act = 4 if precision == "fp32" else 2  # bytes of a weight / activation element
     stage = zero_stage(hw.deepspeed)
     zero = hw.deepspeed.get("zero_optimization", {}) if stage is not None else {}
+    fsdp = hw.get("fsdp") if stage is None else None
     rest = shape.total - shape.layer_matrices
 
     # weights
@@ -314,6 +318,10 @@ def estimate(shape: Shape, hw, *, seq: int, batch: int, gpus: int = 1, attn: Opt
     elif stage is not None and act == 2:
         optimizer_bytes = 12
         est.notes.append("DeepSpeed mixed precision: fp32 master weights + fp32 Adam moments (12 B/param)")
+    elif fsdp and act == 2:  # accelerate upcasts trainable 16-bit parameters to fp32 for FSDP2's mixed precision
+        optimizer_bytes, grad_bytes = 8, 4
+        weights += trainable * (4 - act)
+        est.notes.append("FSDP2 mixed precision: trainable weights, gradients and Adam moments in fp32 (16 B/param)")
     else:
         optimizer_bytes = 2 * act
     if adapter:
@@ -336,9 +344,19 @@ def estimate(shape: Shape, hw, *, seq: int, batch: int, gpus: int = 1, attn: Opt
     if zero.get("offload_param", {}).get("device") == "cpu":
         est.cpu_bytes += weights
         weights = shape.layer_params * act  # one layer gathered at a time
+    if fsdp:  # FSDP2: every sharded term over the processes, plus the weights gathered for compute
+        if gpus > 1:
+            weights, gradients, optimizer = weights / gpus, gradients / gpus, optimizer / gpus
+            est.notes.append(f"FSDP2 over {gpus} processes")
+        if fsdp.get("cpu_offload"):
+            est.cpu_bytes += weights + gradients + optimizer
+            weights = gradients = optimizer = 0
     est.terms["weights"] = weights
     est.terms["gradients"] = gradients
     est.terms["optimizer states"] = optimizer
+    if fsdp:  # this layer and the prefetched next one; without resharding every layer stays gathered until backward
+        reshard = fsdp.get("reshard_after_forward", True)
+        est.terms["gathered weights (FSDP)"] = (2 * shape.layer_params if reshard else shape.total) * act
 
     # activations per token per layer: residual + norm outputs, q/k/v, attention output, MLP (top-k experts)
     per_token_layer = act * (5 * shape.hidden + 2 * shape.kv_dim + 4 * shape.intermediate * shape.experts_per_token)
@@ -355,12 +373,13 @@ def estimate(shape: Shape, hw, *, seq: int, batch: int, gpus: int = 1, attn: Opt
     est.terms["activations"] = activations
     est.terms["logits + loss"] = tokens * shape.vocab * (act + 4 + 4)  # logits, fp32 upcast, its gradient
     est.terms["allocator overhead"] = ALLOCATOR_OVERHEAD * sum(est.terms.values())
-    est.terms["CUDA context"] = CUDA_CONTEXT_BYTES
+    if cuda:
+        est.terms["CUDA context"] = CUDA_CONTEXT_BYTES
     return est
 
 
 def estimate_run(cfg, settings: Optional[RunSettings] = None, *, gpus: Optional[int] = None, seq: Optional[int] = None,
-                 batch: Optional[int] = None, precision: Optional[str] = None) -> Estimate:
+                 batch: Optional[int] = None, precision: Optional[str] = None, cuda: bool = True) -> Estimate:
     """Estimate for a composed run config (model x hardware x stage args). settings: the run's (medgpt.config.resolve;
     by default as a bf16 GPU would train it): sequence = its max_length, micro batch, precision, LoRA targets and
     gradient checkpointing. seq / batch / precision override them (the --seq / --batch options, the table)."""
@@ -372,7 +391,7 @@ def estimate_run(cfg, settings: Optional[RunSettings] = None, *, gpus: Optional[
     precision = precision or settings.precision
     est = estimate(shape, cfg.hardware, seq=seq, batch=batch, gpus=gpus, attn=cfg.model.attn_implementation,
                    lora_targets=settings.lora_target_modules, precision=precision,
-                   gradient_checkpointing=settings.gradient_checkpointing)
+                   gradient_checkpointing=settings.gradient_checkpointing, cuda=cuda)
     est.notes.insert(0, f"{shape.total / 1e6:,.1f}M parameters, sequence {seq}, micro batch {batch}, {gpus} GPU(s), "
                         f"{precision}")
     return est
@@ -396,6 +415,178 @@ def warn_if_too_large(cfg, settings: RunSettings) -> Optional[Estimate]:
                     "stage.args.per_device_train_batch_size, or hardware/deepspeed=zero3 over more GPUs.\n%s",
                     est.total / GB, visible / GB, est.report("estimate"))
     return est
+
+
+# ---- hardware=auto: the fastest setting that fits (medgpt.config.resolve calls plan) ---------------------------
+# Relative step time of each way to spread a run (1 = plain data parallel on GPUs that hold everything), a rough
+# model: ZeRO-1/2 and FSDP's shard_grad_op add a reduce-scatter, full sharding re-gathers every layer twice per step,
+# offload moves the optimizer step to the CPU. Gradient checkpointing recomputes the forward (+1/3); micro batches
+# below 4 leave a GPU partly idle.
+SHARDING_COST = {"none": 1.0, "zero1": 1.02, "zero2": 1.05, "fsdp_shard_grad_op": 1.05, "fsdp_full_shard": 1.15,
+                 "zero3": 1.2, "fsdp_full_shard_offload": 2.5, "zero3_offload": 3.0}
+CHECKPOINTING_COST = 4 / 3
+OFFLOAD = ("fsdp_full_shard_offload", "zero3_offload")
+AUTO_KNOBS = ("precision", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "modules_to_save",
+              "freeze_trainable_layers", "freeze_trainable_modules", "args")
+
+
+def batch_cost(batch: int) -> float:
+    return 1.0 + 0.25 / batch
+
+
+def candidate_node(auto_hw, method: str, sharding: str):
+    """The hardware node hardware=<method> hardware/<deepspeed|fsdp>=<sharding> composes to, with the auto node's
+    knobs (LoRA rank, freeze layers, precision, args)."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.merge(OmegaConf.structured(HardwareConfig), _conf_node(f"hardware/{method}.yaml"))
+    for key in AUTO_KNOBS:
+        if auto_hw.get(key) is not None:
+            node[key] = auto_hw[key]
+    if sharding.startswith("zero"):
+        node.deepspeed = _conf_node(f"hardware/deepspeed/{sharding}.yaml")
+    elif sharding.startswith("fsdp_"):
+        node.fsdp = _conf_node(f"hardware/fsdp/{sharding[len('fsdp_'):]}.yaml")
+    node.auto = None
+    return node
+
+
+def _conf_node(relative: str):
+    from omegaconf import OmegaConf
+
+    path = CONF_DIR / relative
+    if not path.is_file():
+        raise UserError(f"hardware.auto names {relative.rsplit('/', 1)[-1][:-5]}, which has no {path}")
+    return OmegaConf.load(path)
+
+
+def _refusal(node, gpus: int) -> Optional[str]:
+    """Why this combination cannot run (the checks training applies; DeepSpeed must be installed), else None."""
+    import importlib.util
+
+    if node.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        return "DeepSpeed is not installed: refused"
+    try:
+        check_method(node)
+        check_deepspeed(node)
+        check_fsdp(node, launched=True, cuda=gpus > 0)
+    except UserError as e:
+        return str(e).split(":")[0] + ": refused"
+    return None
+
+
+def plan(cfg, settings: RunSettings, machine: Dict[str, Any], global_batch: int,
+         checkpointing: Optional[bool] = None) -> Dict[str, Any]:
+    """hardware=auto: every candidate (method x ZeRO/FSDP x gradient checkpointing x micro batch) estimated for the
+    machine. The first method of hardware.auto.methods that has a fitting setting is chosen (they are in order of
+    preference: the most trained parameters first), and among its fitting settings the fastest by the cost model
+    above; per-device batch x accumulation x GPUs = the configured global batch. checkpointing: fixed by
+    stage.args.gradient_checkpointing, else both are tried. Returns the record written to the run folder."""
+    auto = cfg.hardware.auto
+    gpus, cuda = machine["gpus"], machine["gpus"] > 0
+    usable = machine["memory_gb"] * (1 - float(auto.margin))
+    ram = float(machine.get("ram_gb") or 0)  # for offloaded states
+    world = max(gpus, 1)
+    per_gpu = global_batch // world
+    batches = [b for b in range(min(per_gpu, int(auto.max_micro_batch)), 0, -1) if per_gpu % b == 0]
+    precision = "bf16" if cuda else "fp32"
+    shape = reference_shape(cfg.model.name) if cfg.model.name in SHAPES else count_shape(model_config(cfg.model))
+    shardings = [s for s in auto.sharding if s in SHARDING_COST and (
+        s == "none" if not cuda else s == "none" or gpus > 1 or s in OFFLOAD)]
+    unknown = [s for s in auto.sharding if s not in SHARDING_COST]
+    if unknown:
+        raise UserError(f"hardware.auto.sharding: unknown {', '.join(unknown)}; use {', '.join(SHARDING_COST)}")
+    rows: List[Dict[str, Any]] = []
+    chosen = None
+    for method in auto.methods:
+        for sharding in shardings:
+            node = candidate_node(cfg.hardware, method, sharding)
+            refused = _refusal(node, gpus)
+            for ckpt in ([checkpointing] if checkpointing is not None else [False, True]):
+                row = {"method": method, "sharding": sharding, "gradient_checkpointing": ckpt,
+                       "per_device_train_batch_size": None, "gradient_accumulation_steps": None,
+                       "memory_gb": None, "cpu_offload_gb": 0.0, "cost": None, "verdict": refused}
+                rows.append(row)
+                if refused:
+                    continue
+                for b in batches:  # largest fitting micro batch first
+                    est = estimate(shape, node, seq=settings.max_length, batch=b, gpus=world,
+                                   attn=cfg.model.attn_implementation, lora_targets=settings.lora_target_modules,
+                                   precision=precision, gradient_checkpointing=ckpt, cuda=cuda)
+                    row.update(memory_gb=round(est.total / GB, 2), cpu_offload_gb=round(est.cpu_bytes / GB, 2))
+                    if est.cpu_bytes / GB > ram:
+                        row["verdict"] = f"offload needs {est.cpu_bytes / GB:.1f} GB of CPU RAM > {ram:.1f} GB"
+                        break
+                    if est.total / GB <= usable:
+                        row.update(per_device_train_batch_size=b, gradient_accumulation_steps=per_gpu // b,
+                                   cost=round(SHARDING_COST[sharding] * (CHECKPOINTING_COST if ckpt else 1.0)
+                                              * batch_cost(b), 3))
+                        break
+                else:
+                    row["verdict"] = f"too large: {row['memory_gb']:.1f} GB at micro batch 1 > {usable:.1f} GB"
+                if row["cost"] is None and row["verdict"] is None:
+                    row["verdict"] = "does not fit"
+        fitting = [r for r in rows if r["method"] == method and r["cost"] is not None]
+        if fitting:
+            chosen = min(fitting, key=lambda r: r["cost"])  # the first of equal cost: the earlier sharding
+            break
+    if chosen is None:
+        smallest = min((r for r in rows if r["memory_gb"] is not None), key=lambda r: r["memory_gb"], default=None)
+        need = f"; the smallest candidate ({label(smallest)}) needs {smallest['memory_gb']:.1f} GB" if smallest else ""
+        raise UserError(f"hardware=auto: no candidate fits {gpus or 'the CPU'} x {machine['memory_gb']:.0f} GB "
+                        f"(usable {usable:.1f} GB after the {auto.margin:.0%} margin){need}. Plan for more GPUs "
+                        f"(hardware.auto.gpus), shorten max_length, add qlora4 to hardware.auto.methods or "
+                        f"zero3_offload to hardware.auto.sharding")
+    for row in rows:
+        if row is chosen:
+            row["verdict"] = "chosen"
+        elif row["verdict"] is None:
+            same = row["method"] == chosen["method"]
+            row["verdict"] = (f"fits, slower (cost {row['cost']} > {chosen['cost']})" if same
+                              else f"fits, but {chosen['method']} comes later in hardware.auto.methods")
+    methods = list(auto.methods)
+    why = (f"{chosen['method']} is the first of hardware.auto.methods {methods} with a setting that fits "
+           f"{usable:.1f} GB per {'GPU' if cuda else 'CPU'} ({machine['memory_gb']:.1f} GB less the {auto.margin:.0%} "
+           f"margin); among those, {label(chosen)} is the fastest (relative step time {chosen['cost']})")
+    node = candidate_node(cfg.hardware, chosen["method"], chosen["sharding"])
+    node.gradient_checkpointing = bool(chosen["gradient_checkpointing"])
+    node.name = f"auto-{chosen['method']}"
+    from omegaconf import OmegaConf
+
+    return {"machine": {**machine, "usable_gb": round(usable, 2), "precision": precision},
+            "model": cfg.model.name, "parameters": shape.total, "max_length": settings.max_length,
+            "global_batch_size": global_batch, "chosen": dict(chosen, label=label(chosen)), "why": why,
+            "candidates": rows, "hardware": OmegaConf.to_container(node, resolve=True)}
+
+
+def label(row: Optional[Dict[str, Any]]) -> str:
+    if row is None:
+        return "-"
+    parts = [row["method"]] + ([row["sharding"]] if row["sharding"] != "none" else [])
+    parts.append("checkpointing" if row["gradient_checkpointing"] else "no checkpointing")
+    if row.get("per_device_train_batch_size"):
+        parts.append(f"micro batch {row['per_device_train_batch_size']} x accumulation "
+                     f"{row['gradient_accumulation_steps']}")
+    return ", ".join(parts)
+
+
+def plan_report(record: Dict[str, Any]) -> str:
+    """The decision and every candidate with its estimated memory, as printed before training and by medgpt
+    estimate hardware=auto."""
+    m = record["machine"]
+    where = f"{m['gpus']} GPU(s) x {m['memory_gb']:.1f} GB" if m["gpus"] else f"CPU, {m['memory_gb']:.1f} GB RAM"
+    lines = [f"hardware=auto for {record['model']} ({record['parameters'] / 1e6:,.1f}M parameters, max_length "
+             f"{record['max_length']}, global batch {record['global_batch_size']}) on {where} ({m['source']}; "
+             f"usable {m['usable_gb']:.1f} GB, {m['precision']})",
+             f"chosen: {record['chosen']['label']}", f"why: {record['why']}",
+             f"  {'method':<8}{'sharding':<25}{'ckpt':<6}{'batch x acc':<13}{'GB':>8}  verdict"]
+    for r in record["candidates"]:
+        batch = (f"{r['per_device_train_batch_size']} x {r['gradient_accumulation_steps']}"
+                 if r["per_device_train_batch_size"] else "-")
+        memory = f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
+        lines.append(f"  {r['method']:<8}{r['sharding']:<25}{'yes' if r['gradient_checkpointing'] else 'no':<6}"
+                     f"{batch:<13}{memory:>8}  {r['verdict']}")
+    return "\n".join(lines)
 
 
 def table_rows() -> List[tuple]:
@@ -432,6 +623,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{method:<8}{name:<14}{expected:>14}{ours:>11.1f}{(ours - expected) / expected:>+8.0%}")
         return 0
     cfg = compose(opts.overrides)
+    if cfg.hardware.get("auto") is not None:  # the plan training would make, and the chosen setting's terms
+        settings = resolve(cfg, device_info(), planner=plan)
+        print(plan_report(settings.plan))
+        machine = settings.plan["machine"]
+        est = estimate_run(cfg, settings, gpus=max(machine["gpus"], 1), seq=opts.seq, batch=opts.batch,
+                           precision=machine["precision"], cuda=machine["gpus"] > 0)
+        print(est.report(f"{cfg.model.name} x {settings.plan['chosen']['label']}"))
+        return 0
     est = estimate_run(cfg, gpus=opts.gpus, seq=opts.seq, batch=opts.batch)
     deepspeed = cfg.hardware.deepspeed.name if cfg.hardware.deepspeed else "no deepspeed"
     print(est.report(f"{cfg.model.name} x hardware={cfg.hardware.name} ({deepspeed})"))

@@ -1,12 +1,15 @@
-"""Pure functions: hardware config -> BitsAndBytesConfig, LoraConfig, DeepSpeed dict, freezing, and the checks that
-refuse impossible combinations before any data or model is loaded. Precision, LoRA targets and gradient checkpointing
-are resolved with the other run settings (medgpt.config.resolve, from the device detected here).
+"""Pure functions: hardware config -> BitsAndBytesConfig, LoraConfig, DeepSpeed dict, FSDP2 config, freezing, and
+the checks that refuse impossible combinations before any data or model is loaded. Precision, LoRA targets and
+gradient checkpointing are resolved with the other run settings (medgpt.config.resolve, from the device detected
+here; hardware=auto plans from the machine described here, medgpt.modeling.estimate.plan).
 
     python train.py hardware=qlora4 --cfg job                          # see what a hardware choice composes to
     python train.py hardware=full hardware/deepspeed=zero3 --cfg job   # ... with a DeepSpeed stage
+    python train.py hardware=full hardware/fsdp=full_shard --cfg job   # ... with PyTorch FSDP2
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Optional
 
 from medgpt.errors import UserError
@@ -14,11 +17,27 @@ from medgpt.errors import UserError
 METHODS = ("full", "freeze", "lora", "dora")
 
 
-def device_info() -> Dict[str, bool]:
+def device_info() -> Dict[str, Any]:
+    """The visible machine: cuda, bf16, gpus (count), memory_gb (the smallest visible GPU's memory, else the
+    machine's RAM), ram_gb. hardware=auto plans for it unless hardware.auto.gpus / memory_gb describe another
+    machine."""
     import torch
 
     cuda = torch.cuda.is_available()
-    return {"cuda": cuda, "bf16": cuda and torch.cuda.is_bf16_supported()}
+    gpus = torch.cuda.device_count() if cuda else 0
+    if gpus:
+        memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus))
+    else:
+        memory = ram_bytes()
+    return {"cuda": cuda, "bf16": cuda and torch.cuda.is_bf16_supported(), "gpus": gpus, "memory_gb": memory / 1e9,
+            "ram_gb": ram_bytes() / 1e9}
+
+
+def ram_bytes() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0.0
 
 
 def check_method(hw) -> None:
@@ -80,24 +99,61 @@ def check_deepspeed(hw) -> None:
             f"hardware=lora hardware/deepspeed=zero3 (16-bit base, sharded)")
 
 
-def check_hardware(cfg, device: Optional[Dict[str, bool]] = None) -> None:
-    """Every hardware check that needs no model: method, quantization, attention, DeepSpeed (precision: resolve)."""
+def check_fsdp(hw, launched: bool, cuda: bool = False) -> None:
+    """Combinations FSDP2 cannot run, refused with a one-line reason (at check time, before data and model)."""
+    if not hw.get("fsdp"):
+        return
+    fsdp = hw.fsdp
+    if hw.deepspeed:
+        raise UserError(f"hardware/fsdp={fsdp.name} together with hardware/deepspeed={hw.deepspeed.get('name')}: "
+                        f"both shard the model, a run uses one engine. Drop one of them")
+    if hw.quantization == "8bit":
+        raise UserError(f"hardware={hw.name} (8-bit base) with FSDP2 is not supported: bitsandbytes' int8 weights "
+                        f"cannot be sharded by fully_shard. Use hardware=qlora4 (4-bit, sharded) or "
+                        f"hardware/deepspeed=zero2 with 8-bit")
+    if fsdp.get("state_dict_type", "FULL_STATE_DICT") != "FULL_STATE_DICT":
+        raise UserError(f"hardware.fsdp.state_dict_type={fsdp.state_dict_type}: medgpt keeps FULL_STATE_DICT, so "
+                        f"final/ is one safetensors model that loads without torch.distributed")
+    if not cuda:
+        raise UserError(f"hardware/fsdp={fsdp.name} needs CUDA GPUs: accelerate {_version('accelerate')} runs FSDP "
+                        f"only on GPUs (on CPUs it would silently train plain DDP). Drop hardware/fsdp on a CPU "
+                        f"(torchrun still splits the batch), or use hardware/deepspeed=zero3, which shards on CPUs")
+    if not launched:
+        raise UserError(f"hardware/fsdp={fsdp.name} shards over processes: launch with torchrun "
+                        f"(torchrun --nproc_per_node <gpus> train.py ...; 1 process is allowed under torchrun)")
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def check_hardware(cfg, device: Optional[Dict[str, Any]] = None) -> None:
+    """Every hardware check that needs no model: method, quantization, attention, DeepSpeed, FSDP (precision:
+    resolve)."""
     device = device or device_info()
     check_method(cfg.hardware)
     check_attention(cfg.model.attn_implementation, device)
     check_deepspeed(cfg.hardware)
+    check_fsdp(cfg.hardware, "LOCAL_RANK" in os.environ, bool(device["cuda"]))
 
 
 def quantization_config(hw, compute_dtype=None):
-    """BitsAndBytesConfig for QLoRA-4 (nf4, double quant) or 8-bit, else None."""
+    """BitsAndBytesConfig for QLoRA-4 (nf4, double quant) or 8-bit, else None. Under FSDP2 the 4-bit weights are
+    stored in the compute dtype (bnb_4bit_quant_storage), so fully_shard can shard them like any float tensor."""
     if not hw.quantization:
         return None
     import torch
     from transformers import BitsAndBytesConfig
 
     if hw.quantization == "4bit":
+        storage = {"bnb_4bit_quant_storage": compute_dtype or torch.bfloat16} if hw.get("fsdp") else {}
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16)
+                                  bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16, **storage)
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
@@ -158,4 +214,27 @@ def deepspeed_config(ds: Optional[dict], precision: str) -> Optional[dict]:
     zero = config.setdefault("zero_optimization", {"stage": 0})
     if zero.get("stage") == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return config
+
+
+def fsdp_config(fsdp: Optional[dict], activation_checkpointing: bool) -> Optional[dict]:
+    """The Trainer's `fsdp_config` for FSDP2 through accelerate (transformers 5.24's keys: version 2,
+    reshard_after_forward, cpu_offload, auto_wrap_policy with transformer_layer_cls_to_wrap, activation_checkpointing,
+    state_dict_type), or None. transformer_layer_cls_to_wrap null: the model's _no_split_modules (its decoder layer
+    class). FULL_STATE_DICT: checkpoints (model + optimizer, so a run resumes) and final/ hold one consolidated
+    safetensors model or adapter that loads without torch.distributed. Activation checkpointing goes to FSDP's own
+    (the trainer's gradient checkpointing under FSDP all-gathers twice; transformers refuses both at once)."""
+    if not fsdp:
+        return None
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(fsdp, resolve=True) if OmegaConf.is_config(fsdp) else dict(fsdp)
+    config = {"version": 2, "reshard_after_forward": bool(node.get("reshard_after_forward", True)),
+              "cpu_offload": bool(node.get("cpu_offload", False)),
+              "auto_wrap_policy": node.get("auto_wrap_policy") or "TRANSFORMER_BASED_WRAP",
+              "state_dict_type": node.get("state_dict_type") or "FULL_STATE_DICT",
+              "activation_checkpointing": bool(activation_checkpointing)}
+    if node.get("transformer_layer_cls_to_wrap"):
+        layers = node["transformer_layer_cls_to_wrap"]
+        config["transformer_layer_cls_to_wrap"] = [layers] if isinstance(layers, str) else list(layers)
     return config

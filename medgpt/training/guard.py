@@ -9,7 +9,8 @@ Two public extension points, for every stage's trainer:
 - `guarded(trainer_class)`, a subclass whose public training_step hands every micro-batch's raw loss to the callback
   (HF's logging_nan_inf_filter, which replaces a NaN loss in the logs by an average, cannot hide it), and under
   DeepSpeed, whose partitioned gradients the callback cannot see, the engine's gradient norm.
-The flags stay on the device until the one read per optimizer step.
+The flags stay on the device until the one read per optimizer step. Under several processes the ranks agree
+first: the flags are all-reduced (max), so every rank skips or stops at the same step.
 
     python train.py guard.skip_nonfinite=true guard.max_skipped=5
 """
@@ -63,8 +64,8 @@ class NonFiniteGuard(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         if not self.enabled:
             return
-        loss_bad, norm = self._read(model)
-        if not (loss_bad or (norm is not None and not math.isfinite(norm))):
+        loss_bad, norm_bad, norm = self._read(model)
+        if not (loss_bad or norm_bad):
             return
         step = state.global_step + 1
         what = "the loss" if loss_bad else f"the gradient norm ({norm})"
@@ -84,24 +85,65 @@ class NonFiniteGuard(TrainerCallback):
             f"such steps {'resume with resume=auto' if last else 'run again with'} guard.skip_nonfinite=true")
 
     def _read(self, model):
-        """(any micro-batch loss non-finite, gradient norm or None): one device read for the whole step."""
+        """(a micro-batch loss is non-finite, the gradient norm is non-finite, the norm or None), agreed by every
+        rank: the flags are all-reduced (max) before the one device read of the step, so that all ranks skip or
+        stop together (a rank deciding alone would step while another skips, or wait forever for one that
+        stopped)."""
         import torch
 
         flags, self.bad_losses = self.bad_losses, []
+        norm = None
         if self.deepspeed:
             norm, self.deepspeed_norm = self.deepspeed_norm, None  # the engine's, already on the host
-            return bool(torch.stack(flags).any()) if flags else False, None if norm is None else float(norm)
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if not grads:
-            return bool(torch.stack(flags).any()) if flags else False, None
-        norm = torch.nn.utils.get_total_norm(grads)  # of the clipped gradients (the trainer keeps its own)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # sharded (DTensor) gradients
-        loss_bad = torch.stack(flags).any() if flags else torch.zeros((), dtype=torch.bool)
-        loss_bad, norm = torch.stack([loss_bad.to(norm.device, torch.float32), norm.float()]).tolist()
-        return bool(loss_bad), norm
+            norm = None if norm is None else float(norm)
+            grads = []
+        else:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+        device = _collective_device(grads[0].device if grads else None)
+        loss_bad = torch.stack(flags).any().to(device) if flags else torch.zeros((), dtype=torch.bool, device=device)
+        if grads:
+            total = torch.nn.utils.get_total_norm(grads)  # of the clipped gradients (the trainer keeps its own)
+            total = total.full_tensor() if hasattr(total, "full_tensor") else total  # sharded (DTensor) gradients
+            total = total.float().to(device)
+            norm_bad = ~torch.isfinite(total)
+        else:
+            total = torch.tensor(float("nan") if norm is None else norm, device=device)
+            norm_bad = torch.tensor(norm is not None and not math.isfinite(norm), device=device)
+        agreed = torch.stack([loss_bad.float(), norm_bad.float()])
+        _all_reduce_max(agreed)
+        loss_any, norm_any, total = torch.cat([agreed, total.reshape(1)]).tolist()
+        return bool(loss_any), bool(norm_any), (total if grads else norm)
 
     def report(self) -> Dict[str, Any]:
         return {"nonfinite_skipped_steps": len(self.skipped_steps), "nonfinite_steps": list(self.skipped_steps)}
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _collective_device(device):
+    """Where the decision tensor lives: the gradients' device, or the one the process group's backend needs."""
+    import torch
+
+    if device is not None and device.type != "meta":
+        return device
+    if _distributed():
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_reduce_max(tensor) -> None:
+    """Every rank's flags -> the max over the ranks (no-op in one process)."""
+    if _distributed():
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
 
 
 class GuardedTrainingStep:

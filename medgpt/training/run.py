@@ -24,7 +24,7 @@ from medgpt.data.streaming import streaming_datasets
 from medgpt.errors import UserError
 from medgpt.evaluation.tasks import after_train_tasks, evaluate_after_train
 from medgpt.modeling import hardware
-from medgpt.modeling.estimate import warn_if_too_large
+from medgpt.modeling.estimate import plan as plan_hardware, plan_report, warn_if_too_large
 from medgpt.modeling.load import load_model, load_tokenizer, resolve_path, set_generation_defaults
 from medgpt.training import checkpoints, guard, tracking
 from medgpt.training.cluster import export_submitit_ranks, free_port
@@ -114,9 +114,11 @@ def trainer_args(cfg: DictConfig, settings: RunSettings, config_class, run_dir: 
     deepspeed = hardware.deepspeed_config(cfg.hardware.deepspeed, settings.precision)
     if deepspeed is not None and not settings.cuda:
         _init_cpu_deepspeed()
+    fsdp = hardware.fsdp_config(cfg.hardware.fsdp, settings.gradient_checkpointing)
     derived = {
         **({"ddp_backend": "gloo"} if not settings.cuda and runs.world_size() > 1 else {}),
         "deepspeed": deepspeed,
+        **({"fsdp": True, "fsdp_config": fsdp} if fsdp else {}),
         "output_dir": str(run_dir / runs.CHECKPOINTS),
         "logging_dir": str(run_dir / runs.TENSORBOARD),
         "include_num_input_tokens_seen": "non_padding",
@@ -180,8 +182,11 @@ def set_up(cfg: DictConfig, run_dir: Path) -> Run:
     trainer_config = check_trainer_args(cfg) if trains else None
     resume_from = checkpoints.resume_checkpoint(cfg.resume, run_dir, cfg.allow_pickle) if trains else None
     device = hardware.device_info()
-    settings = resolve(cfg, device)
+    settings = resolve(cfg, device, planner=plan_hardware)  # hardware=auto: cfg.hardware becomes the chosen one
     log.info("settings: %s", settings.summary())
+    if settings.plan is not None and runs.is_main_process():
+        print(plan_report(settings.plan), flush=True)
+        runs.write_json(run_dir / runs.HARDWARE_PLAN, settings.plan)
     hardware.check_hardware(cfg, device)
     resolved = to_container(cfg)
     changed = checkpoints.config_changes(run_dir / runs.CONFIG, resolved) if resume_from else []
