@@ -129,7 +129,7 @@ def test_estimate_shards_every_term_under_fsdp():
     assert offload.terms["weights"] == offload.terms["optimizer states"] == 0 and offload.cpu_bytes > 0
 
 
-# ---- the reason CPUs are refused, measured: 2 CPU processes (gloo), forked from this test process ---------------
+# ---- the reason CPUs are refused, measured: 2 CPU processes (gloo), spawned from this test process --------------
 def _accelerator_rank(rank: int, port: int, results):
     import torch.distributed as dist
     from accelerate import Accelerator
@@ -141,7 +141,7 @@ def _accelerator_rank(rank: int, port: int, results):
     try:
         from accelerate.state import AcceleratorState
 
-        # the forked rank inherits this test process's single-process state (earlier tests built TrainingArguments):
+        # a rank may carry single-process accelerate state (earlier tests built TrainingArguments in this process):
         # forget it, as accelerate's own tests do between cases (test-only use of its reset)
         AcceleratorState._reset_state(reset_partial_state=True)
         accelerator = Accelerator(cpu=True, fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=2))
@@ -159,7 +159,8 @@ def test_accelerate_still_drops_fsdp_on_cpu():
 
     with mp.Manager() as manager:
         shared = manager.dict()
-        mp.start_processes(_accelerator_rank, args=(free_port(), shared), nprocs=2, join=True, start_method="fork")
+        # spawned, not forked: a fork inherits locks held by earlier tests' threads and hangs
+        mp.start_processes(_accelerator_rank, args=(free_port(), shared), nprocs=2, join=True, start_method="spawn")
         results = dict(shared)
     assert results[0] == results[1] == ("DistributedType.MULTI_CPU", True, 2), results
 
@@ -214,7 +215,7 @@ def test_qlora4_base_shards_under_fully_shard_on_cpu(tiny_dir):
     before any forward.)"""
     pytest.importorskip("bitsandbytes")
     import torch.multiprocessing as mp
-    import peft  # noqa: F401  (imported once here: the forked ranks share it)
+    import peft  # noqa: F401
     import transformers  # noqa: F401
 
     from conftest import free_port
@@ -222,7 +223,7 @@ def test_qlora4_base_shards_under_fully_shard_on_cpu(tiny_dir):
     with mp.Manager() as manager:
         shared = manager.dict()
         mp.start_processes(_qlora_rank, args=(free_port(), str(tiny_dir), shared), nprocs=2, join=True,
-                           start_method="fork")
+                           start_method="spawn")  # not fork: it inherits earlier tests' thread locks (hangs)
         results = dict(shared)
     for rank in (0, 1):
         r = results[rank]

@@ -1,7 +1,7 @@
 """The non-finite guard across ranks (issue 19 item 7): two CPU processes (gloo) where only rank 0 sees a NaN loss
 must take the same decision, both skipping the update (guard.skip_nonfinite=true) or both stopping, never one
-stepping while the other skips. Runs the guard callback itself in two processes (no trainer; the ranks are forked
-from the test process, so nothing is imported twice).
+stepping while the other skips. Runs the guard callback itself in two spawned processes (no
+trainer).
 
     python -m pytest -q tests/test_guard_distributed.py
 """
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from medgpt.training.guard import NonFiniteError, NonFiniteGuard  # imported once here: the forked ranks share it
+from medgpt.training.guard import NonFiniteError, NonFiniteGuard
 
 
 def _rank(rank: int, port: int, results):
@@ -50,7 +50,8 @@ def test_ranks_agree_on_a_nonfinite_loss_seen_by_one_rank():
 
     with mp.Manager() as manager:
         shared = manager.dict()
-        mp.start_processes(_rank, args=(free_port(), shared), nprocs=2, join=True, start_method="fork")  # no re-import
+        # spawned, not forked: a fork inherits locks held by earlier tests' threads and hangs
+        mp.start_processes(_rank, args=(free_port(), shared), nprocs=2, join=True, start_method="spawn")
         results = dict(shared)
     skipped = [results[(r, True)] for r in (0, 1)]
     assert [o for o, _ in skipped] == ["skipped", "skipped"], skipped  # rank 1's loss was finite: it skips too
