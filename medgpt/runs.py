@@ -339,7 +339,8 @@ def newest_complete(folder: Path, allow_pickle: bool = False, quiet: bool = Fals
     return None
 
 
-def check_weights(path: str, allow_pickle: bool = False, what: str = "model.path") -> None:
+def check_weights(path: str, allow_pickle: bool = False, what: str = "model.path",
+                  flag: str = "allow_pickle=true") -> None:
     """Refuse a local model/adapter folder whose weights exist only as pickle (.bin): unpickling can run code."""
     folder = Path(path).expanduser()
     if allow_pickle or not folder.is_dir():
@@ -349,4 +350,4 @@ def check_weights(path: str, allow_pickle: bool = False, what: str = "model.path
     pickles = sorted(n for n in names if n.endswith(".bin") and n != TRAINING_ARGS)
     if pickles and not has_safe:
         raise UserError(f"{what}={path} holds pickle weights only ({', '.join(pickles)}); loading a pickle can run "
-                        f"arbitrary code. Convert them to safetensors, or set allow_pickle=true if you trust the source")
+                        f"arbitrary code. Convert them to safetensors, or give {flag} if you trust the source")

@@ -1,12 +1,19 @@
 """The one way to load a model and tokenizer: hub id, local folder, a run's final/ (full weights or a LoRA
 adapter on its base) or the embedded tiny model; chat template installed; LoRA/QLoRA/freeze applied.
 
+One loading policy (`LoadPolicy`) for every loader (train, eval, reward and reference models, chat, serve, demo, rag,
+merge, pipeline): a model's own code (`auto_map`) runs only when the user says so on that command
+(`model.trust_remote_code=true` / `--trust-remote-code`), never because a folder's medgpt.json says so; weights are
+safetensors only unless the user gives `allow_pickle=true` / `--allow-pickle`; an adapter's base model is held to the
+same consent. `check_source` refuses a folder before anything from it is imported or unpickled.
+
     python -c "from medgpt.modeling.load import resolve_path; print(resolve_path('tiny'))"
 """
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -21,6 +28,81 @@ from medgpt.runs import (ADAPTER_FILE, EXTENDED_VOCAB, GENERATION_CONFIG, MODEL_
                          check_weights, final_if_run, holds_model, run_info)
 
 log = logging.getLogger(__name__)
+TOKENIZER_CONFIG = "tokenizer_config.json"  # the tokenizer's own file (transformers' name), read for its auto_map
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    """What the user consented to on this command. `trust_flag` / `pickle_flag`: how that command spells the
+    consent (errors name it)."""
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    trust_flag: str = "--trust-remote-code"
+    pickle_flag: str = "--allow-pickle"
+
+    @classmethod
+    def of_run(cls, cfg) -> "LoadPolicy":
+        """A training or eval run's policy: model.trust_remote_code (the model config or the command line) and
+        allow_pickle."""
+        return cls(bool(cfg.model.trust_remote_code), bool(cfg.allow_pickle), "model.trust_remote_code=true",
+                   "allow_pickle=true")
+
+
+def remote_code_request(folder: Path) -> Optional[str]:
+    """What in a local model folder would run the folder's own code (an auto_map class that transformers does not
+    have), or None. Nothing is imported: the JSON files are read."""
+    from transformers import CONFIG_MAPPING
+
+    for name, key in ((MODEL_CONFIG, "model_type"), (TOKENIZER_CONFIG, "tokenizer_class")):
+        try:
+            config = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        auto_map = config.get("auto_map") if isinstance(config, dict) else None
+        if not auto_map:
+            continue
+        if name == MODEL_CONFIG and config.get(key) in CONFIG_MAPPING:
+            continue  # transformers has the class: trust_remote_code=False loads its own, the folder's never runs
+        if name == TOKENIZER_CONFIG and _known_tokenizer(config.get(key)):
+            continue
+        targets = sorted({str(t) for v in auto_map.values() for t in (v if isinstance(v, list) else [v]) if t})
+        return f"{name} maps {', '.join(targets)} to the folder's own code"
+    return None
+
+
+def _known_tokenizer(name) -> bool:
+    import transformers
+
+    return isinstance(name, str) and hasattr(transformers, name)
+
+
+def check_source(path: str, policy: LoadPolicy, what: str = "model.path") -> None:
+    """Refuse, before anything is imported or unpickled, a local model or adapter folder (and an adapter's local base)
+    that holds pickle weights only or would run its own code, unless the user consented on this command. A hub base
+    is checked by transformers itself: medgpt always passes trust_remote_code as the explicit consent."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return
+    check_weights(str(folder), policy.allow_pickle, what=what, flag=policy.pickle_flag)
+    request = None if policy.trust_remote_code else remote_code_request(folder)
+    if request:
+        raise UserError(f"{what}={path}: {request}; medgpt runs a model's own code only with {policy.trust_flag} "
+                        f"on the command (a folder cannot ask for it). Add it only if you trust the source")
+    base = adapter_base(folder)
+    if base and Path(base).expanduser().resolve() != folder.resolve():
+        check_source(base, policy, what=f"the base_model_name_or_path of {path}")
+
+
+def load_failure(e: Exception, what: str, source: str, policy: LoadPolicy) -> UserError:
+    """A transformers/peft loading error as one line; a refusal of remote code names the consent flag."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    if "custom code" in str(e) or "trust_remote_code" in str(e):
+        return UserError(f"{what}: {source} needs its own code to load; medgpt runs it only with "
+                         f"{policy.trust_flag} on the command, if you trust the source")
+    if "safetensors" in str(e) and not policy.allow_pickle:
+        return UserError(f"{what}: {source} has no safetensors weights ({first[:200]}); convert them, or give "
+                         f"{policy.pickle_flag} if you trust the source")
+    return UserError(f"{what}: cannot load {source} ({type(e).__name__}: {first[:300]})")
 
 
 def resolve_path(path: str, tiny: Optional[dict] = None) -> str:
@@ -44,10 +126,14 @@ def load_tokenizer(model_cfg, path: Optional[str] = None):
     from transformers import AutoTokenizer
 
     path = path or resolve_path(model_cfg.path, model_cfg.tiny)
+    policy = LoadPolicy(bool(model_cfg.trust_remote_code), True, trust_flag="model.trust_remote_code=true")
+    check_source(path, policy)  # remote code only: a tokenizer unpickles nothing
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=policy.trust_remote_code)
     except OSError as e:
         raise UserError(f"model.path={model_cfg.path}: cannot load a tokenizer from {path} ({e})") from None
+    except ValueError as e:
+        raise load_failure(e, f"model.path={model_cfg.path}", path, policy) from None
     tokenizer.chat_template = load_template(model_cfg.template)
     eot = end_of_turn(model_cfg.template)
     if eot not in tokenizer.get_vocab():
@@ -76,19 +162,21 @@ def _check_cuda_features(model_cfg, hw) -> None:
 def load_model(model_cfg, hw, settings: RunSettings, *, kind: str = "causal", tokenizer=None,
                allow_pickle: bool = False):
     """Load for training. kind: causal | reward (sequence classification, 1 label). Applies freeze/LoRA/QLoRA.
-    settings (medgpt.config.resolve): precision, LoRA targets, gradient checkpointing, max_length (RoPE auto)."""
+    settings (medgpt.config.resolve): precision, LoRA targets, gradient checkpointing, max_length (RoPE auto).
+    Consent (LoadPolicy): model_cfg.trust_remote_code and allow_pickle, from this run's config only."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     _check_cuda_features(model_cfg, hw)
+    policy = LoadPolicy(bool(model_cfg.trust_remote_code), allow_pickle, "model.trust_remote_code=true",
+                        "allow_pickle=true")
     path = resolve_path(model_cfg.path, model_cfg.tiny)
     base = adapter_base(path)
-    for folder in filter(None, (path, base)):
-        check_weights(folder, allow_pickle)
+    check_source(path, policy)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[settings.precision]
     if model_cfg.dtype != "auto":
         dtype = getattr(torch, model_cfg.dtype)
-    kwargs = dict(dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,
+    kwargs = dict(dtype=dtype, trust_remote_code=policy.trust_remote_code,
                   use_safetensors=None if allow_pickle else True)  # pickle weights only with allow_pickle=true
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
@@ -103,8 +191,7 @@ def load_model(model_cfg, hw, settings: RunSettings, *, kind: str = "causal", to
     try:
         model = auto.from_pretrained(base or path, **kwargs)
     except (OSError, ValueError) as e:
-        raise UserError(f"model.path={model_cfg.path}: cannot load a model from {base or path} "
-                        f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise load_failure(e, f"model.path={model_cfg.path}", base or path, policy) from None
     if tokenizer is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     extended = _fit_vocabulary(model, tokenizer)
@@ -213,13 +300,16 @@ def _inference_device_map(device_map, quantization):
 
 
 def load_for_inference(path: str, *, device_map=None, dtype=None, quantization: Optional[str] = None,
-                       base: Optional[str] = None, template: Optional[str] = None):
+                       base: Optional[str] = None, template: Optional[str] = None,
+                       policy: LoadPolicy = LoadPolicy()):
     """Load a run folder / final/ / hub id / adapter (on its recorded base, or `base`) for generation.
 
     Returns (model, tokenizer, info). The tokenizer carries the saved chat template (or `template`); the
     model's generation_config holds final/'s defaults and stops on the template's end-of-turn token.
     device_map: None (CPU, or this rank's GPU) | "auto" (layers across all visible GPUs) | a dict.
     quantization: None | "4bit" | "8bit" (bitsandbytes; also on a CPU).
+    policy: the command's consent (--trust-remote-code, --allow-pickle); what the folder's medgpt.json says is
+    never consent.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -232,11 +322,14 @@ def load_for_inference(path: str, *, device_map=None, dtype=None, quantization: 
     if base and not adapter_base(path):
         raise UserError(f"a base model ({base}) was given but {path} holds full weights, not a LoRA adapter; "
                         f"drop the base option")
-    trust = bool(info.get("trust_remote_code", False))
+    check_source(path, policy, what="model")
+    if base:
+        check_source(base, policy, what="base")
+    trust = policy.trust_remote_code
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise load_failure(e, "tokenizer", path, policy) from None
     template = template or info.get("template")
     if template and (template != info.get("template") or not tokenizer.chat_template):
         tokenizer.chat_template = load_template(template)
@@ -246,7 +339,7 @@ def load_for_inference(path: str, *, device_map=None, dtype=None, quantization: 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     kwargs = dict(dtype=dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32),
-                  trust_remote_code=trust)
+                  trust_remote_code=trust, use_safetensors=None if policy.allow_pickle else True)
     device_map = _inference_device_map(device_map, quantization)
     if device_map is not None:
         kwargs["device_map"] = device_map
@@ -258,8 +351,7 @@ def load_for_inference(path: str, *, device_map=None, dtype=None, quantization: 
     try:
         model = AutoModelForCausalLM.from_pretrained(base or path, **kwargs)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load a model from {base or path} "
-                        f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise load_failure(e, "model", base or path, policy) from None
     if (Path(path) / GENERATION_CONFIG).exists():  # an adapter's base has its own: final/'s wins
         model.generation_config = GenerationConfig.from_pretrained(path)
     if template:

@@ -91,7 +91,9 @@ def run_pipeline(stages: Sequence[str], overrides: Sequence[str] = (), root: Opt
         try:
             metrics = train(cfg, run_dir)
         except Exception as e:
-            results.append({"stage": s, "status": "failed", "error": f"{type(e).__name__}: {e}",
+            user_error = isinstance(e, UserError)  # bad input (a refused model folder, ...): exit status 2
+            results.append({"stage": s, "status": "failed", "user_error": user_error,
+                            "error": f"{e}" if user_error else f"{type(e).__name__}: {e}",
                             "run_dir": str(run_dir), "model_path": cfg.model.path})
             break
         metrics["model_path"] = cfg.model.path
@@ -148,4 +150,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     stages = [s.strip() for s in argv[0].split(",") if s.strip()]
     results = run_pipeline(stages, argv[1:])
+    if results and results[-1].get("user_error"):
+        print(f"error: {results[-1]['error']}", file=sys.stderr)
+        return 2
     return 0 if all(r.get("status") == "completed" for r in results) and len(results) == len(stages) else 1

@@ -1,0 +1,190 @@
+"""Trust and integrity (issue 19): one loading policy for every loader, secrets kept out of the run folder, the hub
+fast-fail and a quiet CPU run (issue 17.8).
+
+Hostile folders: pickle-only weights whose unpickling would create a marker file; a model folder whose medgpt.json
+asks for remote code and whose config.json maps its classes (auto_map) to a module that creates a marker file when
+imported. Every loader refuses them with exit status 2 and a one-line reason; the marker never appears. With the
+user's consent on the command the same folder does run its code (so the hostile folders are proven hostile).
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python -m pytest -q tests/test_trust.py
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import compose, run_cli, train_in_process
+
+EVIL_MODULE = """
+import pathlib
+pathlib.Path({marker!r}).write_text("the folder's own code ran")
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
+
+
+class EvilConfig(Qwen2Config):
+    model_type = "evil"
+
+
+class EvilModel(Qwen2ForCausalLM):
+    config_class = EvilConfig
+
+
+class EvilRewardModel(Qwen2ForSequenceClassification):
+    config_class = EvilConfig
+"""
+
+
+class Payload:
+    """Unpickling this creates the marker file (what a hostile pytorch_model.bin can do)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.fixture
+def hostile(tiny_dir, tmp_path):
+    """(marker, folders): remote-code model, pickle-only model, adapters on each, a 'reward model' asking for code."""
+    marker = tmp_path / "MARKER"
+    code = Path(shutil.copytree(tiny_dir, tmp_path / "remote_code"))
+    config = json.loads((code / "config.json").read_text())
+    config.update(model_type="evil", architectures=["EvilModel"],
+                  auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel",
+                            "AutoModelForSequenceClassification": "evil.EvilRewardModel"})
+    (code / "config.json").write_text(json.dumps(config))
+    (code / "evil.py").write_text(EVIL_MODULE.format(marker=str(marker)))
+    info = json.loads((code / "medgpt.json").read_text()) if (code / "medgpt.json").exists() else {}
+    (code / "medgpt.json").write_text(json.dumps({**info, "trust_remote_code": True, "template": "qwen",
+                                                  "stage": "rm"}))
+    pickled = Path(shutil.copytree(tiny_dir, tmp_path / "pickled"))
+    (pickled / "model.safetensors").unlink()
+    (pickled / "pytorch_model.bin").write_bytes(pickle.dumps({"weight": Payload(str(marker))}))
+    adapters = {}
+    for name, base in (("adapter_on_code", code), ("adapter_on_pickle", pickled)):
+        adapter = tmp_path / name
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_text(json.dumps(
+            {"base_model_name_or_path": str(base), "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2,
+             "target_modules": ["q_proj"], "lora_alpha": 4}))
+        for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            if (tiny_dir / f).exists():
+                shutil.copy(tiny_dir / f, adapter / f)
+        (adapter / "adapter_model.safetensors").write_bytes(b"")
+        adapters[name] = adapter
+    return marker, {"remote_code": code, "pickled": pickled, **adapters}
+
+
+def cli(capsys, *argv):
+    """`medgpt <argv>` in this process (medgpt.cli.main, the console command): (status, stderr)."""
+    from medgpt.cli import main
+
+    status = main([str(a) for a in argv])
+    return status, capsys.readouterr().err
+
+
+def assert_refused(status, err, *words):
+    assert status == 2, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+INFERENCE = {
+    "chat": lambda folder, tmp: ["chat", folder, "--prompt", "hi", "--max-new-tokens", "2"],
+    "serve": lambda folder, tmp: ["serve", folder, "--port", "0"],
+    "demo": lambda folder, tmp: ["demo", folder, "--port", "0"],
+    "rag": lambda folder, tmp: ["rag", folder, "--docs", tmp / "doc.txt", "--question", "hi"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(INFERENCE))
+@pytest.mark.parametrize("folder", ["remote_code", "pickled", "adapter_on_code", "adapter_on_pickle"])
+def test_inference_commands_refuse_hostile_folders(command, folder, hostile, tmp_path, capsys):
+    marker, folders = hostile
+    (tmp_path / "doc.txt").write_text("Headache: rest and water.\n")
+    status, err = cli(capsys, *INFERENCE[command](folders[folder], tmp_path))
+    assert_refused(status, err, "--allow-pickle" if "pickle" in folder else "--trust-remote-code")
+    assert not marker.exists(), f"medgpt {command} ran the folder's code"
+
+
+def test_merge_refuses_an_adapter_whose_base_needs_code_or_pickle(hostile, tmp_path, capsys):
+    marker, folders = hostile
+    for name, flag in (("adapter_on_code", "--trust-remote-code"), ("adapter_on_pickle", "--allow-pickle")):
+        status, err = cli(capsys, "merge", folders[name], "--output", tmp_path / "merged")
+        assert_refused(status, err, flag, "base_model_name_or_path")
+    assert not marker.exists() and not (tmp_path / "merged").exists()
+
+
+def test_training_refuses_a_folder_asking_for_code_through_train_py(hostile, tmp_path):
+    """The real train.py: medgpt.json saying trust_remote_code=true is not consent; exit 2, one line."""
+    marker, folders = hostile
+    result = run_cli(f"model.path={folders['remote_code']}", f"output_root={tmp_path}", "logger=none",
+                     "stage.args.max_steps=1")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "model.trust_remote_code=true" in result.stderr.strip().splitlines()[-1]
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("overrides", [("stage=eval", "data=eval_demo"), ("stage=sft", "hardware=lora")],
+                         ids=["eval", "sft-pickled-adapter-base"])
+def test_training_and_eval_refuse_hostile_folders_in_process(overrides, hostile, tmp_path):
+    from medgpt.errors import UserError
+
+    marker, folders = hostile
+    folder = folders["remote_code"] if overrides[0] == "stage=eval" else folders["adapter_on_pickle"]
+    with pytest.raises(UserError, match="trust_remote_code=true|allow_pickle=true"):
+        train_in_process(tmp_path, f"model.path={folder}", "stage.args.max_steps=1" if "sft" in overrides[0]
+                         else "seed=1", *overrides)
+    assert not marker.exists()
+
+
+def test_pipeline_refuses_and_exits_2(hostile, tmp_path, capsys):
+    marker, folders = hostile
+    status, err = cli(capsys, "pipeline", "sft", f"model.path={folders['pickled']}", f"output_root={tmp_path}",
+                      "logger=none", "stage.args.max_steps=1")
+    assert_refused(status, err, "allow_pickle=true")
+    assert not marker.exists()
+
+
+def test_reward_model_of_ppo_needs_the_runs_own_consent(hostile):
+    from medgpt.errors import UserError
+    from medgpt.modeling.load import LoadPolicy
+    from medgpt.training.rewards import load_reward_model
+
+    marker, folders = hostile
+    cfg = compose("stage=ppo", f"stage.reward_model={folders['remote_code']}")
+    with pytest.raises(UserError, match="model.trust_remote_code=true"):
+        load_reward_model(cfg.stage.reward_model, LoadPolicy.of_run(cfg))
+    assert not marker.exists()
+
+
+def test_consent_on_the_command_runs_the_code(hostile):
+    """The same folder with --trust-remote-code does import its module: the refusals above are real."""
+    from medgpt.modeling.load import LoadPolicy, load_for_inference
+
+    marker, folders = hostile
+    model, _tokenizer, _info = load_for_inference(str(folders["remote_code"]),
+                                                  policy=LoadPolicy(trust_remote_code=True))
+    assert marker.exists() and type(model).__name__ == "EvilModel"
+
+
+def test_a_known_architecture_with_an_auto_map_loads_without_running_it(hostile, tmp_path):
+    """auto_map beside a model_type transformers knows: loaded with transformers' own class, the module never runs."""
+    from medgpt.modeling.load import load_for_inference
+
+    marker, folders = hostile
+    folder = Path(shutil.copytree(folders["remote_code"], tmp_path / "known"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "qwen2",
+                                                    "architectures": ["Qwen2ForCausalLM"]}))
+    model, _tokenizer, _info = load_for_inference(str(folder))
+    assert type(model).__name__ == "Qwen2ForCausalLM" and not marker.exists()
