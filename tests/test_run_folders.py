@@ -10,6 +10,7 @@ second process.
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -27,7 +28,8 @@ def launch(capsys, *overrides, env=None):
     """`python train.py <overrides>` in this process: (exit status, stderr)."""
     from medgpt.cli import train
 
-    old = dict(os.environ)
+    old, root = dict(os.environ), logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     os.environ.update(env or {})
     try:
         with pytest.raises(SystemExit) as exit_:
@@ -35,6 +37,8 @@ def launch(capsys, *overrides, env=None):
     finally:
         os.environ.clear()
         os.environ.update(old)
+        root.handlers[:] = handlers  # Hydra configured the root logger for its run
+        root.setLevel(level)
     return exit_.value.code, capsys.readouterr().err
 
 

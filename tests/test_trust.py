@@ -10,7 +10,9 @@ user's consent on the command the same folder does run its code (so the hostile 
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import pickle
 import shutil
 import time
@@ -81,6 +83,18 @@ def hostile(tiny_dir, tmp_path):
     return marker, {"remote_code": code, "pickled": pickled, **adapters}
 
 
+@contextlib.contextmanager
+def kept_logging():
+    """Hydra configures the root logger for its run: put it back (its handlers write to a captured stream)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def cli(capsys, *argv):
     """`medgpt <argv>` in this process (medgpt.cli.main, the console command): (status, stderr)."""
     from medgpt.cli import main
@@ -123,14 +137,18 @@ def test_merge_refuses_an_adapter_whose_base_needs_code_or_pickle(hostile, tmp_p
     assert not marker.exists() and not (tmp_path / "merged").exists()
 
 
-def test_training_refuses_a_folder_asking_for_code_through_train_py(hostile, tmp_path):
-    """The real train.py: medgpt.json saying trust_remote_code=true is not consent; exit 2, one line."""
+def test_training_refuses_a_folder_asking_for_code_through_train_py(hostile, tmp_path, capsys):
+    """train.py's entry point (medgpt.cli.train, Hydra and all): medgpt.json's trust_remote_code=true is not
+    consent; exit 2, one line naming model.trust_remote_code=true."""
+    from medgpt.cli import train
+
     marker, folders = hostile
-    result = run_cli(f"model.path={folders['remote_code']}", f"output_root={tmp_path}", "logger=none",
-                     "stage.args.max_steps=1")
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert "model.trust_remote_code=true" in result.stderr.strip().splitlines()[-1]
+    with kept_logging(), pytest.raises(SystemExit) as exit_:
+        train([f"model.path={folders['remote_code']}", f"output_root={tmp_path}", "logger=none",
+               "stage.args.max_steps=1"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert "model.trust_remote_code=true" in err.strip().splitlines()[-1]
     assert not marker.exists()
 
 
@@ -188,3 +206,84 @@ def test_a_known_architecture_with_an_auto_map_loads_without_running_it(hostile,
                                                     "architectures": ["Qwen2ForCausalLM"]}))
     model, _tokenizer, _info = load_for_inference(str(folder))
     assert type(model).__name__ == "Qwen2ForCausalLM" and not marker.exists()
+
+
+# ---- the hub: fail in seconds without it (issue 17.8) ----
+
+@pytest.fixture
+def blackhole(monkeypatch, tmp_path):
+    """A hub endpoint that accepts connections and never answers; an empty hub cache."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from medgpt.modeling.load import hub_unreachable
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub_unreachable.cache_clear()
+    yield endpoint
+    hub_unreachable.cache_clear()
+    server.close()
+
+
+def test_an_unreachable_hub_fails_in_seconds_naming_the_ways_forward(blackhole):
+    from medgpt.errors import UserError
+    from medgpt.modeling.load import load_tokenizer
+
+    cfg = compose("stage=dpo", "model=qwen1.5-7b", "hardware=qlora4")
+    started = time.time()
+    with pytest.raises(UserError) as error:
+        load_tokenizer(cfg.model)
+    elapsed = time.time() - started
+    print(f"unreachable hub: refused after {elapsed:.1f} s")
+    assert elapsed < 10
+    message = str(error.value)
+    assert "cannot be reached" in message and "HF_HUB_OFFLINE=1" in message and "model.path=<local folder>" in message
+
+
+def test_an_unreachable_hub_uses_the_cached_copy(blackhole, tiny_dir, tmp_path):
+    """A model already in the hub cache loads without waiting for the network."""
+    from medgpt.modeling.load import load_tokenizer
+
+    repo = tmp_path / "hub" / "models--someone--cached-model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(tiny_dir, repo / "snapshots" / ("0" * 40))
+    cfg = compose("model.path=someone/cached-model")
+    started = time.time()
+    tokenizer = load_tokenizer(cfg.model)
+    assert tokenizer is not None and time.time() - started < 10
+
+
+def test_design_card_command_without_the_hub_fails_fast_and_quietly(tmp_path):
+    """`python train.py stage=dpo model=qwen1.5-7b hardware=qlora4` against a hub that never answers: exit 2 with
+    the ways forward, a few seconds after the run starts (not a minute of retries); no notice about optional
+    bitsandbytes kernels a CPU run does not use."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    try:
+        result = run_cli("stage=dpo", "model=qwen1.5-7b", "hardware=qlora4", f"output_root={tmp_path}",
+                         "logger=none", env={"HF_ENDPOINT": f"http://127.0.0.1:{server.getsockname()[1]}",
+                                             "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}, timeout=150)
+    finally:
+        server.close()
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "HF_HUB_OFFLINE=1" in last and "model.path=<local folder>" in last and "Traceback" not in result.stderr
+    assert "kernels" not in result.stdout + result.stderr
+    stamps = [line[1:24] for line in (result.stdout + result.stderr).splitlines() if line.startswith("[20")]
+    from datetime import datetime
+
+    times = [datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f") for s in stamps]
+    waited = (times[-1] - times[0]).total_seconds()  # from the run's first log line to its failure
+    print(f"design-card command without the hub: failed {waited:.1f} s after the run started")
+    assert waited < 10

@@ -11,8 +11,11 @@ same consent. `check_source` refuses a folder before anything from it is importe
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -28,6 +31,33 @@ from medgpt.runs import (ADAPTER_FILE, EXTENDED_VOCAB, GENERATION_CONFIG, MODEL_
                          check_weights, final_if_run, holds_model, run_info)
 
 log = logging.getLogger(__name__)
+
+
+class OptionalKernelNotice(logging.Filter):
+    """bitsandbytes warns when it is imported (by transformers, peft or trl, on every run) that the optional
+    `kernels` package for its CPU 4-bit matmul is missing; it then uses its own code. Only a quantized model on a
+    CPU would use that kernel, so the notice is held back and shown when such a model loads (show_held_notices);
+    every other bitsandbytes message passes."""
+    MESSAGE = "gemm_4bit_forward from kernels-community"
+    held: List[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.MESSAGE in record.getMessage():
+            self.held.append(record)
+            return False
+        return True
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(OptionalKernelNotice())
+
+
+def show_held_notices() -> None:
+    """A quantized model loads: bitsandbytes' notices held back at import now matter."""
+    for record in OptionalKernelNotice.held:
+        log.warning("bitsandbytes: %s", record.getMessage())
+    OptionalKernelNotice.held.clear()
+
+
 TOKENIZER_CONFIG = "tokenizer_config.json"  # the tokenizer's own file (transformers' name), read for its auto_map
 
 
@@ -96,6 +126,9 @@ def check_source(path: str, policy: LoadPolicy, what: str = "model.path") -> Non
 def load_failure(e: Exception, what: str, source: str, policy: LoadPolicy) -> UserError:
     """A transformers/peft loading error as one line; a refusal of remote code names the consent flag."""
     first = (str(e).strip().splitlines() or [""])[0]
+    offline = offline_failure(e, source, what.split("=", 1)[0]) if isinstance(e, OSError) else None
+    if offline:
+        return offline
     if "custom code" in str(e) or "trust_remote_code" in str(e):
         return UserError(f"{what}: {source} needs its own code to load; medgpt runs it only with "
                          f"{policy.trust_flag} on the command, if you trust the source")
@@ -121,17 +154,78 @@ def resolve_path(path: str, tiny: Optional[dict] = None) -> str:
     return str(p) if p.exists() else path
 
 
+HUB_PROBE_TIMEOUT = float(os.environ.get("MEDGPT_HUB_PROBE_TIMEOUT", "3"))  # seconds: one probe per process
+
+
+def is_hub_id(path: str) -> bool:
+    """A hub repository id (org/name or name) rather than a local folder."""
+    return not Path(path).expanduser().exists() and bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path))
+
+
+@functools.lru_cache(maxsize=None)
+def hub_unreachable(endpoint: str) -> Optional[str]:
+    """Why the hub cannot be reached (one request, HUB_PROBE_TIMEOUT seconds), or None when it answers (any HTTP
+    status counts as an answer). transformers' own retries take about a minute to give up on a dead network."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint.rstrip("/") + "/api/models", method="HEAD"),
+                               timeout=HUB_PROBE_TIMEOUT).close()
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return str(getattr(e, "reason", e)) or type(e).__name__
+    return None
+
+
+def hub_source(path: str, what: str = "model.path") -> str:
+    """A hub id as transformers should load it, decided in seconds: as given when the hub answers (or offline mode
+    is on); its cached snapshot folder when the hub cannot be reached; else a UserError naming the ways forward."""
+    from huggingface_hub import constants
+
+    if not is_hub_id(path) or constants.HF_HUB_OFFLINE:
+        return path
+    reason = hub_unreachable(constants.ENDPOINT)
+    if reason is None:
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        cached = snapshot_download(path, local_files_only=True)
+    except Exception:  # not in the cache (huggingface_hub raises one of several errors)
+        cached = None
+    if cached:
+        log.warning("%s=%s: the hub (%s) cannot be reached (%s); using the cached copy %s", what, path,
+                    constants.ENDPOINT, reason, cached)
+        return cached
+    raise UserError(f"{what}={path}: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached ({reason}) and "
+                    f"{path} is not in the local cache. Either download it where the hub is reachable "
+                    f"(huggingface-cli download {path}) and run with HF_HUB_OFFLINE=1, or give {what}=<local folder>")
+
+
+def offline_failure(e: Exception, path: str, what: str) -> Optional[UserError]:
+    """HF_HUB_OFFLINE=1 and the model is not cached: the same ways forward."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE and is_hub_id(path):
+        return UserError(f"{what}={path}: not in the local cache and HF_HUB_OFFLINE=1 forbids downloading it. Either "
+                         f"download it where the hub is reachable (huggingface-cli download {path}), or give "
+                         f"{what}=<local folder>")
+    return None
+
+
 def load_tokenizer(model_cfg, path: Optional[str] = None):
     """Tokenizer with the model config's chat template installed (so every saved final/ carries it)."""
     from transformers import AutoTokenizer
 
-    path = path or resolve_path(model_cfg.path, model_cfg.tiny)
+    path = hub_source(path or resolve_path(model_cfg.path, model_cfg.tiny))
     policy = LoadPolicy(bool(model_cfg.trust_remote_code), True, trust_flag="model.trust_remote_code=true")
     check_source(path, policy)  # remote code only: a tokenizer unpickles nothing
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=policy.trust_remote_code)
     except OSError as e:
-        raise UserError(f"model.path={model_cfg.path}: cannot load a tokenizer from {path} ({e})") from None
+        raise offline_failure(e, path, "model.path") or UserError(f"model.path={model_cfg.path}: cannot load a tokenizer from {path} ({e})") from None
     except ValueError as e:
         raise load_failure(e, f"model.path={model_cfg.path}", path, policy) from None
     tokenizer.chat_template = load_template(model_cfg.template)
@@ -170,8 +264,9 @@ def load_model(model_cfg, hw, settings: RunSettings, *, kind: str = "causal", to
     _check_cuda_features(model_cfg, hw)
     policy = LoadPolicy(bool(model_cfg.trust_remote_code), allow_pickle, "model.trust_remote_code=true",
                         "allow_pickle=true")
-    path = resolve_path(model_cfg.path, model_cfg.tiny)
+    path = hub_source(resolve_path(model_cfg.path, model_cfg.tiny))
     base = adapter_base(path)
+    base = base and hub_source(base, "the adapter's base_model_name_or_path")
     check_source(path, policy)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[settings.precision]
     if model_cfg.dtype != "auto":
@@ -182,6 +277,7 @@ def load_model(model_cfg, hw, settings: RunSettings, *, kind: str = "causal", to
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     quant = hardware.quantization_config(hw, compute_dtype=dtype)
     if quant is not None:
+        show_held_notices()
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": _local_device()}
     kwargs.update(longcontext.load_kwargs(model_cfg, base or path, settings.max_length))  # rope scaling, S²-Attn
@@ -316,9 +412,10 @@ def load_for_inference(path: str, *, device_map=None, dtype=None, quantization: 
 
     if quantization not in (None, "4bit", "8bit"):
         raise UserError(f"quantization={quantization}: use 4bit, 8bit or leave it out")
-    path = resolve_path(path)
+    path = hub_source(resolve_path(path), "model")
     info = run_info(path)
     base = base or adapter_base(path)
+    base = base and hub_source(base, "base")
     if base and not adapter_base(path):
         raise UserError(f"a base model ({base}) was given but {path} holds full weights, not a LoRA adapter; "
                         f"drop the base option")
@@ -346,6 +443,7 @@ def load_for_inference(path: str, *, device_map=None, dtype=None, quantization: 
     if quantization:
         from types import SimpleNamespace
 
+        show_held_notices()
         kwargs["quantization_config"] = quantization_config(SimpleNamespace(quantization=quantization),
                                                             compute_dtype=kwargs["dtype"])
     try:

@@ -18,7 +18,7 @@ from typing import Optional
 
 from medgpt.errors import UserError, command
 from medgpt.modeling.hardware import quantization_config
-from medgpt.modeling.load import LoadPolicy, check_source, load_failure, resolve_path
+from medgpt.modeling.load import LoadPolicy, check_source, load_failure, resolve_path, show_held_notices
 from medgpt.runs import ADAPTER_WEIGHTS, GENERATION_CONFIG, adapter_base, run_info, write_run_info
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def load_base(base: str, quantization: Optional[str], dtype, policy: LoadPolicy 
         return AutoModelForCausalLM.from_pretrained(base, **kwargs)
     from types import SimpleNamespace
 
+    show_held_notices()
     compute = torch.float32 if dtype == "auto" else dtype
     kwargs.update(dtype=compute, device_map={"": "cuda:0" if torch.cuda.is_available() else "cpu"},
                   quantization_config=quantization_config(SimpleNamespace(quantization=quantization), compute))
