@@ -15,6 +15,7 @@ import json
 import logging
 import pickle
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -287,3 +288,59 @@ def test_design_card_command_without_the_hub_fails_fast_and_quietly(tmp_path):
     waited = (times[-1] - times[0]).total_seconds()  # from the run's first log line to its failure
     print(f"design-card command without the hub: failed {waited:.1f} s after the run started")
     assert waited < 10
+
+
+# ---- credentials: never in the run folder, W&B or TensorBoard (issue 19.4) ----
+
+SECRETS = {"HF_TOKEN": "hf_fakeEnvironmentToken0123456789", "MY_ACCESS_KEY": "fake-interpolated-key-0123456789",
+           "literal": "fake-literal-password-0123456789"}
+
+
+def test_credentials_are_redacted_in_every_file_of_the_run_folder(tmp_path, capsys, monkeypatch):
+    """Through train.py's entry point with W&B (offline): a token in the environment, a credential-like key given
+    on the command line, and one given by ${oc.env:...} interpolation; then every file of the run folder (config.yaml,
+    .hydra/*, environment.json, train.log, W&B's files) is searched for the three values."""
+    from medgpt.cli import train
+
+    for name in ("HF_TOKEN", "MY_ACCESS_KEY"):
+        monkeypatch.setenv(name, SECRETS[name])
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("MEDGPT_RUN_ID", "secrets")
+    argv = [f"output_root={tmp_path}", "logger=wandb", "stage.args.max_steps=1",
+            f"hardware.args.db_password={SECRETS['literal']}", "hardware.args.access_key=${oc.env:MY_ACCESS_KEY}"]
+    with kept_logging():
+        try:
+            train(argv)
+        except SystemExit as e:
+            assert not e.code, capsys.readouterr().err[-2000:]
+    run = tmp_path / "runs" / "sft-tiny-cpu" / "secrets"
+    assert "db_password: <redacted>" in (run / "config.yaml").read_text()
+    assert "access_key: <redacted>" in (run / "config.yaml").read_text()
+    assert any((run / "wandb").rglob("*.wandb")) and (run / ".hydra" / "overrides.yaml").exists()
+    files = [p for p in run.rglob("*") if p.is_file()]
+    for path in files:
+        data = path.read_bytes()
+        for name, secret in SECRETS.items():
+            assert secret.encode() not in data, f"{name} leaked into {path}"
+    assert all(secret not in " ".join(sys.argv) for secret in SECRETS.values())
+
+
+def test_a_hub_token_override_is_refused_pointing_to_hf_token(tmp_path, capsys):
+    from medgpt.cli import train
+
+    with kept_logging(), pytest.raises(SystemExit) as exit_:
+        train([f"output_root={tmp_path}", "logger=none", "stage.args.hub_token=hf_neverWrittenAnywhere0123"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "stage.args.hub_token" in err and "HF_TOKEN" in err
+    assert not tmp_path.joinpath("runs").exists() or not any(
+        b"hf_neverWrittenAnywhere0123" in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_redaction_keeps_what_is_not_a_credential():
+    from medgpt.config import REDACTED, redact
+
+    config = {"tokenizer": {"pad_token": "<pad>", "eos_token": "</s>"}, "judge_key_env": "OPENAI_API_KEY",
+              "max_new_tokens": 5, "hub_token": None, "wandb": {"api_key": "abc"}, "client_secret": "s3cr3t"}
+    assert redact(config, []) == {**config, "wandb": {"api_key": REDACTED}, "client_secret": REDACTED}
+    assert redact(["logger=wandb", "+hardware.args.api_key=abc"], []) == ["logger=wandb",
+                                                                         f"+hardware.args.api_key={REDACTED}"]
