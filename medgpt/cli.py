@@ -57,6 +57,8 @@ def claim_run_folder(cfg: DictConfig, run_dir: Path) -> None:
     with another stage, model or hardware than the run's first launch is refused, naming the differences."""
     now = to_container(cfg)
     check_credentials(now)
+    if not runs.is_main_process():  # the other ranks of a launch share the folder the main rank claims
+        return
     runs.check_launch(run_dir, cfg.resume)
     saved = run_dir / runs.CONFIG
     if saved.exists():  # read only: a refused resume leaves the run as it was
@@ -85,8 +87,8 @@ class ClaimRunFolder(Callback):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        with read_write(config.hydra), open_dict(config.hydra):
-            config.hydra.output_subdir = runs.hydra_subdir(run_dir)
+        with read_write(config.hydra), open_dict(config.hydra):  # one record of the launch: the main rank's
+            config.hydra.output_subdir = runs.hydra_subdir(run_dir) if runs.is_main_process() else None
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         """Hydra has just written its record of the launch (.hydra/): credentials in it are redacted."""

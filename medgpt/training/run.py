@@ -193,7 +193,7 @@ def set_up(cfg: DictConfig, run_dir: Path) -> Run:
     check_credentials(to_container(cfg))
     resolved = redact(to_container(cfg))  # config.yaml, .hydra/ and W&B never hold a credential
     launch = runs.launch_number(run_dir)  # 0: the first launch; N: config.resume-N.yaml beside the first's
-    if launch:
+    if launch and runs.is_main_process():
         first = OmegaConf.to_container(OmegaConf.load(run_dir / runs.CONFIG))
         refused, changed = resume_conflicts(first, resolved)
         if refused:
