@@ -225,7 +225,8 @@ def load_tokenizer(model_cfg, path: Optional[str] = None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=policy.trust_remote_code)
     except OSError as e:
-        raise offline_failure(e, path, "model.path") or UserError(f"model.path={model_cfg.path}: cannot load a tokenizer from {path} ({e})") from None
+        raise offline_failure(e, path, "model.path") or UserError(
+            f"model.path={model_cfg.path}: cannot load a tokenizer from {path} ({e})") from None
     except ValueError as e:
         raise load_failure(e, f"model.path={model_cfg.path}", path, policy) from None
     tokenizer.chat_template = load_template(model_cfg.template)

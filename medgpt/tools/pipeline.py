@@ -86,7 +86,8 @@ def run_pipeline(stages: Sequence[str], overrides: Sequence[str] = (), root: Opt
     for n, s in enumerate(stages, 1):
         cfg = compose(stage_overrides(s, per_stage[s], policy, reward_model))
         run_dir = runs.pipeline_step(root, n, s)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.check_launch(run_dir, None)  # a fresh folder: a pipeline never writes into another run
+        runs.lock_run_folder(run_dir)
         log.info("pipeline %d/%d: stage=%s from %s", n, len(stages), s, cfg.model.path)
         try:
             metrics = train(cfg, run_dir)
@@ -96,6 +97,8 @@ def run_pipeline(stages: Sequence[str], overrides: Sequence[str] = (), root: Opt
                             "error": f"{e}" if user_error else f"{type(e).__name__}: {e}",
                             "run_dir": str(run_dir), "model_path": cfg.model.path})
             break
+        finally:
+            runs.release_run_folder(run_dir)
         metrics["model_path"] = cfg.model.path
         results.append(metrics)
         final = str(runs.final_of(run_dir))
