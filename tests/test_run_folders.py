@@ -138,3 +138,19 @@ def test_a_resume_keeps_the_first_launchs_config(tmp_path):
     with pytest.raises(UserError, match="another stage, model or hardware"):
         train_in_process(tmp_path, "hardware=lora", "resume=auto")
     assert not (run / "config.resume-2.yaml").exists()
+
+
+def test_one_wandb_run_per_run_folder(tmp_path, monkeypatch):
+    """Every launch in a run folder (the first and each resume) opens the same W&B run: its id comes from the folder,
+    with resume="allow"; another folder gets another id."""
+    import wandb
+
+    from medgpt.training import tracking
+
+    opened = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: opened.append(kwargs))
+    cfg = compose("logger=wandb")
+    for folder in (tmp_path / "a", tmp_path / "a", tmp_path / "b"):
+        tracking.start_logger(cfg.logger, folder, "name", {})
+    assert [o["resume"] for o in opened] == ["allow"] * 3
+    assert opened[0]["id"] == opened[1]["id"] != opened[2]["id"]
