@@ -52,9 +52,10 @@ def _task(cfg):
 
 
 def claim_run_folder(cfg: DictConfig, run_dir: Path) -> None:
-    """Before anything is written to the run folder: a mistyped resume= and a fresh launch into a used folder are
-    refused (runs.check_launch), the folder is locked for this process's life (runs.lock_run_folder), and a resume
-    with another stage, model or hardware than the run's first launch is refused, naming the differences."""
+    """Before anything is written to the run folder: a token in the config (stage.args.hub_token), a mistyped
+    resume= and a fresh launch into a used folder are refused (runs.check_launch), so is a resume with another stage,
+    model or hardware than the run's first launch (naming the differences); then the folder is locked for this
+    process's life (runs.lock_run_folder)."""
     now = to_container(cfg)
     check_credentials(now)
     if not runs.is_main_process():  # the other ranks of a launch share the folder the main rank claims

@@ -192,7 +192,9 @@ def set_up(cfg: DictConfig, run_dir: Path) -> Run:
     hardware.check_hardware(cfg, device)
     check_credentials(to_container(cfg))
     resolved = redact(to_container(cfg))  # config.yaml, .hydra/ and W&B never hold a credential
-    launch = runs.launch_number(run_dir)  # 0: the first launch; N: config.resume-N.yaml beside the first's
+    # 0: the first launch; N (a resume): config.resume-N.yaml beside the first's. A fresh launch into a used folder
+    # is refused before this (medgpt.cli.ClaimRunFolder, the pipeline); a caller of train() owns its folder.
+    launch = runs.launch_number(run_dir) if cfg.resume else 0
     if launch and runs.is_main_process():
         first = OmegaConf.to_container(OmegaConf.load(run_dir / runs.CONFIG))
         refused, changed = resume_conflicts(first, resolved)
