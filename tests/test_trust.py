@@ -344,3 +344,20 @@ def test_redaction_keeps_what_is_not_a_credential():
     assert redact(config, []) == {**config, "wandb": {"api_key": REDACTED}, "client_secret": REDACTED}
     assert redact(["logger=wandb", "+hardware.args.api_key=abc"], []) == ["logger=wandb",
                                                                          f"+hardware.args.api_key={REDACTED}"]
+
+
+def test_the_held_notice_is_shown_when_a_quantized_model_loads(caplog):
+    """The import-time notice is held back (test_design_card_command_... shows a run prints none) and shown when a
+    quantized model loads; any other bitsandbytes message passes."""
+    from medgpt.modeling.load import OptionalKernelNotice, show_held_notices
+
+    record = logging.LogRecord("bitsandbytes.backends.cpu.ops", logging.WARNING, __file__, 1,
+                               "Failed to load CPU gemm_4bit_forward from kernels-community: %s", ("no kernels",),
+                               None)
+    assert OptionalKernelNotice().filter(record) is False  # held back
+    other = logging.LogRecord("bitsandbytes.backends.cpu.ops", logging.WARNING, __file__, 1, "a real problem", (),
+                              None)
+    assert OptionalKernelNotice().filter(other) is True  # anything else passes
+    with caplog.at_level(logging.WARNING, logger="medgpt.modeling.load"):
+        show_held_notices()
+    assert "gemm_4bit_forward" in caplog.text and not OptionalKernelNotice.held
