@@ -6,13 +6,20 @@
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import hydra
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from medgpt.config import CONF_DIR, normalize_overrides, register_configs
+from medgpt import runs
+from medgpt.config import (CONF_DIR, check_credentials, describe_conflicts, normalize_overrides, redact,
+                           register_configs, resume_conflicts, to_container)
+from medgpt.errors import UserError
 
 # command -> (module:function taking argv, what it does). Imported only when run: most load torch.
 COMMANDS = {
@@ -42,6 +49,64 @@ def _task(cfg):
     from medgpt.training.run import main as run  # torch, transformers, trl: only once a run starts
 
     return run(cfg)
+
+
+def claim_run_folder(cfg: DictConfig, run_dir: Path) -> None:
+    """Before anything is written to the run folder: a token in the config (stage.args.hub_token), a mistyped
+    resume= and a fresh launch into a used folder are refused (runs.check_launch), so is a resume with another stage,
+    model or hardware than the run's first launch (naming the differences); then the folder is locked for this
+    process's life (runs.lock_run_folder)."""
+    now = to_container(cfg)
+    check_credentials(now)
+    if not runs.is_main_process():  # the other ranks of a launch share the folder the main rank claims
+        return
+    runs.check_launch(run_dir, cfg.resume)
+    saved = run_dir / runs.CONFIG
+    if saved.exists():  # read only: a refused resume leaves the run as it was
+        first = OmegaConf.to_container(OmegaConf.load(saved))
+        now = redact(now)
+        refused, _changed = resume_conflicts(first, now)
+        if refused:
+            raise UserError(f"resume: {run_dir} is a run of another stage, model or hardware "
+                            f"({describe_conflicts(first, now, refused)}); resume it with its own overrides "
+                            f"(see {saved}), or start a fresh run (drop resume=)")
+    runs.lock_run_folder(run_dir)
+
+
+class ClaimRunFolder(Callback):
+    """Hydra callback (conf/train.yaml: hydra.callbacks.run_folder): runs before Hydra creates the run folder or
+    writes its .hydra/ record (on_run_start; a multirun's job folders are new ones, locked by medgpt.training.run).
+    A refusal prints one line and exits with status 2; a resume records its launch in .hydra/resume-N/."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+        task = copy.deepcopy(config)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        try:
+            claim_run_folder(task, run_dir)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        with read_write(config.hydra), open_dict(config.hydra):  # one record of the launch: the main rank's
+            config.hydra.output_subdir = runs.hydra_subdir(run_dir) if runs.is_main_process() else None
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        """Hydra has just written its record of the launch (.hydra/): credentials in it are redacted."""
+        if config.hydra.output_subdir is not None:
+            redact_files(Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir))
+
+
+def redact_files(folder: Path) -> None:
+    """Rewrite the YAML files of a folder with their credentials redacted (medgpt.config.redact)."""
+    import yaml
+
+    for path in sorted(folder.glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+        clean = redact(data)
+        if clean != data:
+            path.write_text(yaml.safe_dump(clean, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
 def train(argv: Optional[List[str]] = None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import re
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -251,6 +252,81 @@ def check_trainer_args(cfg: DictConfig) -> type:
 
 def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+# ---- credentials: never in the run folder, W&B or TensorBoard ----
+
+CREDENTIAL_KEY = re.compile(r"(?:^|[_.-])(?:token|secret|password|passwd|api_?key|access_?key|private_?key|"
+                            r"secret_?key|credentials?|auth)$", re.IGNORECASE)
+NOT_CREDENTIAL = re.compile(r"^(?:pad|eos|bos|unk|sep|cls|mask|image|audio|video)_token$", re.IGNORECASE)
+REFUSED_KEYS = ("hub_token", "push_to_hub_token")  # trainer args that carry a credential: HF_TOKEN instead
+REDACTED = "<redacted>"
+
+
+def is_credential(key: Any) -> bool:
+    name = str(key).lstrip("+~").rsplit(".", 1)[-1]
+    return bool(CREDENTIAL_KEY.search(name)) and not NOT_CREDENTIAL.match(name)
+
+
+def _env_secrets() -> List[str]:
+    """Values of environment variables named like credentials (HF_TOKEN, WANDB_API_KEY, ...), 8+ characters."""
+    return sorted((v for k, v in os.environ.items() if is_credential(k.lower()) and len(v) >= 8), key=len,
+                  reverse=True)
+
+
+def redact(node: Any, _secrets: Optional[List[str]] = None) -> Any:
+    """A copy of a resolved config (dicts, lists; override strings `key=value`) with the values of credential-like
+    keys replaced by REDACTED, and any credential from the environment (an ${oc.env:...} interpolation into any
+    key) cut out of every string."""
+    secrets = _env_secrets() if _secrets is None else _secrets
+    if isinstance(node, dict):
+        return {k: REDACTED if is_credential(k) and isinstance(v, str) and v else redact(v, secrets)
+                for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [redact(v, secrets) for v in node]
+    if isinstance(node, str):
+        key, sep, value = node.partition("=")
+        if sep and value and " " not in key and is_credential(key):
+            node = f"{key}={REDACTED}"
+        for secret in secrets:
+            node = node.replace(secret, REDACTED)
+    return node
+
+
+def check_credentials(resolved: dict) -> None:
+    """A token given as a trainer arg (stage.args.hub_token=...) is refused: it would be written to the run's
+    records; huggingface_hub reads HF_TOKEN from the environment."""
+    for key, value in flat_config(resolved).items():
+        if key.rsplit(".", 1)[-1] in REFUSED_KEYS and value:
+            raise UserError(f"{key}: do not pass a token in the config (it would be recorded with the run); set the "
+                            f"HF_TOKEN environment variable instead (huggingface_hub and the trainer read it)")
+
+
+# What identifies a run: resuming it with another value is refused (stage.args, data, logger, ... may change, with a
+# warning: max_steps, save_steps, a learning rate are deliberate changes).
+RUN_IDENTITY = ("stage.", "model.", "hardware.")
+RESUMABLE_CHANGES = ("stage.args.", "resume", "run_name")
+
+
+def flat_config(node: Any, prefix: str = "") -> Dict[str, Any]:
+    """{"stage.args.max_steps": 8, ...}: a resolved config as dotted keys."""
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in flat_config(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def resume_conflicts(first: dict, now: dict) -> Tuple[List[str], List[str]]:
+    """(refused, changed): keys whose value differs between a run's first launch and this resume. Refused: the
+    run's identity (RUN_IDENTITY: another stage, model or hardware); changed: everything else (resume aside)."""
+    old, new = flat_config(first), flat_config(now)
+    differ = sorted(k for k in old.keys() | new.keys() if k != "resume" and old.get(k) != new.get(k))
+    refused = [k for k in differ if k.startswith(RUN_IDENTITY) and not k.startswith(RESUMABLE_CHANGES)]
+    return refused, [k for k in differ if k not in refused]
+
+
+def describe_conflicts(first: dict, now: dict, keys: List[str]) -> str:
+    old, new = flat_config(first), flat_config(now)
+    return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:8]) + (" ..." if len(keys) > 8 else "")
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ these files or folders (tests/test_runs.py scans for them).
 
     a run folder:
         config.yaml  environment.json  metrics.json  history.json  deepspeed.json  hardware_plan.json  train.log
-        .hydra/overrides.yaml                        (Hydra's record of the launch)
+        config.resume-N.yaml  environment.resume-N.json   (launch N+1, a resume: the first launch's files are kept)
+        .medgpt.lock                                 held (fcntl) by the process running the run, for its whole life
+        .hydra/overrides.yaml                        (Hydra's record of the launch; .hydra/resume-N/ for a resume)
         checkpoints/checkpoint-N/ (+ checkpoint_complete.json; .tmp-checkpoint-N/ while written)
         final/                                       a model folder: config.json or adapter_config.json +
                                                      adapter_model.safetensors, tokenizer, generation_config.json,
@@ -23,10 +25,12 @@ these files or folders (tests/test_runs.py scans for them).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -50,6 +54,8 @@ DEEPSPEED = "deepspeed.json"  # the DeepSpeed dict the trainer got
 HARDWARE_PLAN = "hardware_plan.json"  # hardware=auto: the machine, the chosen setting, every candidate with its memory
 TRAIN_LOG = "train.log"  # Hydra's job log (hydra.job.name=train in conf/train.yaml)
 HYDRA = ".hydra"  # Hydra's record of the launch
+RESUME_PREFIX = "resume-"  # launch N+1 of a run: config.resume-N.yaml, environment.resume-N.json, .hydra/resume-N/
+LOCK = ".medgpt.lock"  # fcntl-locked by the process that runs in the folder; says which process that is
 OVERRIDES = "overrides.yaml"  # in .hydra/: the overrides that made this run (a sweep's job)
 SUBMITIT = ".submitit"  # hydra/launcher=slurm's job files
 CHECKPOINTS = "checkpoints"
@@ -191,6 +197,90 @@ def _status(run: Path) -> Optional[str]:
         return json.loads((run / METRICS).read_text()).get("status")
     except (OSError, ValueError):
         return None
+
+
+# ---- claiming a run folder: a launch never overwrites another run ----
+
+_held: dict = {}  # resolved run folder -> the open, locked LOCK file of this process
+
+
+def launch_number(run_dir: PathLike) -> int:
+    """0 for the first launch in a run folder (no CONFIG yet), N for the N-th resume (config.resume-N.yaml)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).exists():
+        return 0
+    stem, suffix = CONFIG.rsplit(".", 1)
+    taken = [int(m.group(1)) for p in run_dir.glob(f"{stem}.{RESUME_PREFIX}*.{suffix}")
+             if (m := re.match(rf"^{re.escape(stem)}\.{RESUME_PREFIX}(\d+)\.{suffix}$", p.name))]
+    return max(taken, default=0) + 1
+
+
+def launch_file(run_dir: PathLike, name: str, launch: int) -> Path:
+    """CONFIG / ENVIRONMENT of launch `launch` (0: the first; N: config.resume-N.yaml)."""
+    if not launch:
+        return Path(run_dir) / name
+    stem, suffix = name.rsplit(".", 1)
+    return Path(run_dir) / f"{stem}.{RESUME_PREFIX}{launch}.{suffix}"
+
+
+def hydra_subdir(run_dir: PathLike) -> str:
+    """Where Hydra records this launch: HYDRA for the first, HYDRA/resume-N for a resume (the first is kept)."""
+    launch = launch_number(run_dir)
+    return f"{HYDRA}/{RESUME_PREFIX}{launch}" if launch else HYDRA
+
+
+def check_launch(run_dir: PathLike, resume: Optional[str]) -> None:
+    """Before anything is written: resume=<folder> must name an existing run (a mistyped one leaves nothing behind);
+    a fresh launch (no resume) never writes into a folder that holds anything."""
+    run_dir = Path(run_dir)
+    if resume and resume != "auto":
+        given = Path(resume).expanduser()
+        if not given.is_dir():
+            raise UserError(f"resume={resume}: no such folder. Give a run folder, one of its "
+                            f"{CHECKPOINTS}/checkpoint-N folders, or resume=auto")
+        if not any((run_dir / name).exists() for name in (CONFIG, CHECKPOINTS, METRICS)):
+            raise UserError(f"resume={resume}: {run_dir} is not a run folder (no {CONFIG}, {CHECKPOINTS}/ or "
+                            f"{METRICS}); give the folder of a run started by train.py")
+    elif not resume and run_dir.is_dir():
+        held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)
+        if held:
+            raise UserError(f"{run_dir} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''});"
+                            f" a fresh run never writes into a used folder: continue it with resume={run_dir}, or "
+                            f"give another MEDGPT_RUN_ID")
+
+
+def lock_run_folder(run_dir: PathLike) -> None:
+    """Hold LOCK (fcntl) in the run folder until this process ends; a second process on the folder fails at once,
+    naming the process that holds it. Only the main rank locks (every rank of one launch shares the folder).
+    Idempotent within a process."""
+    if not is_main_process():
+        return
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _held:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{run_dir} is in use by {holder} (it holds {LOCK}): wait for that run to end, or stop it "
+                        f"(kill {holder.split()[1] if holder.startswith('pid ') else '<pid>'}) before resuming")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n")
+    handle.flush()
+    _held[key] = handle
+
+
+def release_run_folder(run_dir: PathLike) -> None:
+    """Give the lock up before the process ends (a run inside a longer-lived process: tests, notebooks)."""
+    handle = _held.pop(str(Path(run_dir).resolve()), None)
+    if handle is not None:
+        handle.close()
 
 
 # ---- finding run folders (leaderboards read them) ----
@@ -350,7 +440,8 @@ def newest_complete(folder: Path, allow_pickle: bool = False, quiet: bool = Fals
     return None
 
 
-def check_weights(path: str, allow_pickle: bool = False, what: str = "model.path") -> None:
+def check_weights(path: str, allow_pickle: bool = False, what: str = "model.path",
+                  flag: str = "allow_pickle=true") -> None:
     """Refuse a local model/adapter folder whose weights exist only as pickle (.bin): unpickling can run code."""
     folder = Path(path).expanduser()
     if allow_pickle or not folder.is_dir():
@@ -360,4 +451,4 @@ def check_weights(path: str, allow_pickle: bool = False, what: str = "model.path
     pickles = sorted(n for n in names if n.endswith(".bin") and n != TRAINING_ARGS)
     if pickles and not has_safe:
         raise UserError(f"{what}={path} holds pickle weights only ({', '.join(pickles)}); loading a pickle can run "
-                        f"arbitrary code. Convert them to safetensors, or set allow_pickle=true if you trust the source")
+                        f"arbitrary code. Convert them to safetensors, or give {flag} if you trust the source")

@@ -124,7 +124,8 @@ def test_a_real_run_leaves_the_layout_runs_declares(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [runs.RUNS]
 
     assert {p.name for p in run_dir.iterdir()} == {runs.CONFIG, runs.ENVIRONMENT, runs.METRICS, runs.HISTORY,
-                                                    runs.TRAIN_LOG, runs.HYDRA, runs.CHECKPOINTS, runs.FINAL}
+                                                    runs.TRAIN_LOG, runs.HYDRA, runs.CHECKPOINTS, runs.FINAL,
+                                                    runs.LOCK}
     assert runs.overrides_file(run_dir).is_file() and runs.find_run_dirs(tmp_path) == [run_dir]
     assert runs.log_history(run_dir) and runs.run_folder(str(group), "auto") != str(run_dir)  # completed
 

@@ -28,7 +28,7 @@ from medgpt.evaluation import metrics as m, prompts, scoring
 from medgpt.evaluation.harness import run_lm_eval
 from medgpt.evaluation.judge import judge_all
 from medgpt.evaluation.report import publish
-from medgpt.modeling.load import load_for_inference, resolve_path
+from medgpt.modeling.load import LoadPolicy, load_for_inference, resolve_path
 from medgpt.modeling.templates import end_of_turn
 from medgpt.runs import predictions_file
 
@@ -238,7 +238,8 @@ def _reference_logprobs(ctx: Context, examples) -> List[float]:
         return [0.0] * len(examples)
 
     try:
-        reference = load_for_inference(path)[0].to(scoring.device_of(ctx.model))
+        reference = load_for_inference(path, policy=LoadPolicy.of_run(ctx.cfg))[0]
+        reference = reference.to(scoring.device_of(ctx.model))
     except OSError as e:
         raise UserError(f"eval.reference: cannot load the reference model {path} ({e}); give "
                         f"eval.reference=<path> or eval.reference=none") from None

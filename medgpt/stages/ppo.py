@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 
 from medgpt.errors import UserError
+from medgpt.modeling.load import LoadPolicy
 from medgpt.stages.grpo import check_generation_backend, check_generation_batch, config_defaults, prompt_dataset
 from medgpt.training.guard import guarded
 from medgpt.training.rewards import (check_answers, check_reward_funcs, check_reward_model, instantiate_reward_funcs,
@@ -53,7 +54,7 @@ def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, call
 
     funcs, processors = [], []
     if cfg.stage.reward_model:
-        reward_model, reward_tokenizer = load_reward_model(cfg.stage.reward_model)
+        reward_model, reward_tokenizer = load_reward_model(cfg.stage.reward_model, LoadPolicy.of_run(cfg))
         reward_model.config.name_or_path = "reward_model"  # TRL logs rewards/<its last part>/mean
         funcs, processors = [reward_model], [reward_tokenizer]
     extra = instantiate_reward_funcs(reward_nodes(cfg.stage))

@@ -18,7 +18,7 @@ from typing import Optional
 
 from medgpt.errors import UserError, command
 from medgpt.modeling.hardware import quantization_config
-from medgpt.modeling.load import resolve_path
+from medgpt.modeling.load import LoadPolicy, check_source, load_failure, resolve_path, show_held_notices
 from medgpt.runs import ADAPTER_WEIGHTS, GENERATION_CONFIG, adapter_base, run_info, write_run_info
 
 log = logging.getLogger(__name__)
@@ -39,16 +39,18 @@ def adapter_vocab_rows(adapter_dir: Path) -> Optional[int]:
     return None
 
 
-def load_base(base: str, quantization: Optional[str], dtype, trust_remote_code: bool):
+def load_base(base: str, quantization: Optional[str], dtype, policy: LoadPolicy = LoadPolicy()):
     """The base as the adapter saw it in training: quantized (then dequantized) for QLoRA, else as saved."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    kwargs = dict(dtype=dtype, trust_remote_code=policy.trust_remote_code,
+                  use_safetensors=None if policy.allow_pickle else True)
     if not quantization:
         return AutoModelForCausalLM.from_pretrained(base, **kwargs)
     from types import SimpleNamespace
 
+    show_held_notices()
     compute = torch.float32 if dtype == "auto" else dtype
     kwargs.update(dtype=compute, device_map={"": "cuda:0" if torch.cuda.is_available() else "cpu"},
                   quantization_config=quantization_config(SimpleNamespace(quantization=quantization), compute))
@@ -56,8 +58,10 @@ def load_base(base: str, quantization: Optional[str], dtype, trust_remote_code: 
     return model.dequantize(dtype=compute)
 
 
-def merge(final: str, output: str, dtype: str = "auto", quantization: Optional[str] = "from-run") -> Path:
-    """Merge the adapter in `final` (a run folder or its final/) into its base; write the result to `output`."""
+def merge(final: str, output: str, dtype: str = "auto", quantization: Optional[str] = "from-run",
+          policy: LoadPolicy = LoadPolicy()) -> Path:
+    """Merge the adapter in `final` (a run folder or its final/) into its base; write the result to `output`.
+    policy: this command's consent (--trust-remote-code, --allow-pickle), for the adapter and its base."""
     import torch
     from peft import PeftModel
     from transformers import AutoTokenizer
@@ -71,12 +75,16 @@ def merge(final: str, output: str, dtype: str = "auto", quantization: Optional[s
     out = Path(output)
     if out.resolve() == path.resolve():
         raise UserError("--output must differ from the adapter folder")
+    check_source(str(path), policy, what="adapter")
     info = run_info(str(path))
     if quantization == "from-run":
         quantization = info.get("quantization")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=bool(info.get("trust_remote_code")))
-    model = load_base(base, quantization, torch_dtype, bool(info.get("trust_remote_code")))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=policy.trust_remote_code)
+        model = load_base(base, quantization, torch_dtype, policy)
+    except (OSError, ValueError) as e:
+        raise load_failure(e, "base", base, policy) from None
     rows = adapter_vocab_rows(path) or max(len(tokenizer), model.get_input_embeddings().weight.shape[0])
     if rows != model.get_input_embeddings().weight.shape[0]:
         log.info("vocabulary: %d -> %d rows (extended in training)", model.get_input_embeddings().weight.shape[0],
@@ -100,8 +108,13 @@ def main(argv=None) -> int:
     parser.add_argument("adapter", help="a run folder or its final/ holding a LoRA/QLoRA adapter")
     parser.add_argument("--output", required=True, help="folder for the merged model")
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: the base's)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the base model's own code (auto_map) if it needs it; only for sources you trust")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load pickle (.bin) weights; unpickling can run code: only for sources you trust")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = merge(opts.adapter, opts.output, opts.dtype)
+    out = merge(opts.adapter, opts.output, opts.dtype,
+                policy=LoadPolicy(trust_remote_code=opts.trust_remote_code, allow_pickle=opts.allow_pickle))
     print(f"merged model: {out}\nchat         medgpt chat {out}")
     return 0

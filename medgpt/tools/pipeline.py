@@ -91,14 +91,19 @@ def run_pipeline(stages: Sequence[str], overrides: Sequence[str] = (), root: Opt
     for n, s in enumerate(stages, 1):
         cfg = compose(stage_overrides(s, per_stage[s], policy, reward_model))
         run_dir = runs.pipeline_step(root, n, s)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.check_launch(run_dir, None)  # a fresh folder: a pipeline never writes into another run
+        runs.lock_run_folder(run_dir)
         log.info("pipeline %d/%d: stage=%s from %s", n, len(stages), s, cfg.model.path)
         try:
             metrics = train(cfg, run_dir)
         except Exception as e:
-            results.append({"stage": s, "status": "failed", "error": f"{type(e).__name__}: {e}",
+            user_error = isinstance(e, UserError)  # bad input (a refused model folder, ...): exit status 2
+            results.append({"stage": s, "status": "failed", "user_error": user_error,
+                            "error": f"{e}" if user_error else f"{type(e).__name__}: {e}",
                             "run_dir": str(run_dir), "model_path": cfg.model.path})
             break
+        finally:
+            runs.release_run_folder(run_dir)
         metrics["model_path"] = cfg.model.path
         results.append(metrics)
         final = str(runs.final_of(run_dir))
@@ -154,4 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     stages = [s.strip() for s in argv[0].split(",") if s.strip()]
     results = run_pipeline(stages, argv[1:])
+    if results and results[-1].get("user_error"):
+        print(f"error: {results[-1]['error']}", file=sys.stderr)
+        return 2
     return 0 if all(r.get("status") == "completed" for r in results) and len(results) == len(stages) else 1

@@ -18,7 +18,7 @@ from typing import Any, List, Optional
 
 from medgpt.config import import_object
 from medgpt.errors import UserError
-from medgpt.modeling.load import resolve_path
+from medgpt.modeling.load import LoadPolicy, check_source, load_failure, resolve_path
 from medgpt.runs import adapter_base, adapter_config, model_architectures, run_info
 
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -132,17 +132,22 @@ def length_penalty(completions, max_chars: int = 512, **kwargs) -> List[float]:
     return [-min(1.0, max(0, len(completion_text(c)) - max_chars) / max_chars) for c in completions]
 
 
-def load_reward_model(path: str):
-    """A stage=rm run (folder or final/; full weights or a LoRA adapter, merged here) -> (model, tokenizer), frozen."""
+def load_reward_model(path: str, policy: LoadPolicy = LoadPolicy()):
+    """A stage=rm run (folder or final/; full weights or a LoRA adapter, merged here) -> (model, tokenizer), frozen.
+    policy: the run's consent (medgpt.modeling.load.LoadPolicy.of_run), never the folder's medgpt.json."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = check_reward_model(path)
     base = adapter_base(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    trust = bool(run_info(path).get("trust_remote_code", False))
-    model = AutoModelForSequenceClassification.from_pretrained(base or path, num_labels=1, dtype=torch.float32,
-                                                               trust_remote_code=trust)
+    check_source(path, policy, what="stage.reward_model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=policy.trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base or path, num_labels=1, dtype=torch.float32, trust_remote_code=policy.trust_remote_code,
+            use_safetensors=None if policy.allow_pickle else True)
+    except (OSError, ValueError) as e:
+        raise load_failure(e, "stage.reward_model", base or path, policy) from None
     if base:
         from peft import PeftModel
 

@@ -17,7 +17,8 @@ from typing import Any, Dict, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from medgpt import runs
-from medgpt.config import RunSettings, chat_template_kwargs, check_trainer_args, resolve, to_container
+from medgpt.config import (RunSettings, chat_template_kwargs, check_credentials, check_trainer_args,
+                           describe_conflicts, redact, resolve, resume_conflicts, to_container)
 from medgpt.data import load_data
 from medgpt.data.cache import cached_prepare
 from medgpt.data.streaming import streaming_datasets
@@ -55,6 +56,12 @@ def main(cfg: DictConfig) -> Optional[float]:
 
     export_submitit_ranks()  # a SLURM job of N tasks (hydra/launcher=slurm): one rank per task
     run_dir = run_dir_of(cfg)
+    sys.argv = redact(sys.argv)  # libraries record the command line (W&B's metadata): never a credential
+    try:
+        runs.lock_run_folder(run_dir)  # held already after medgpt.cli.ClaimRunFolder; a multirun's job locks here
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     run_dir.mkdir(parents=True, exist_ok=True)
     timer = tracking.Timer()
     metrics: Dict[str, Any] = {"status": "running", "run_dir": str(run_dir)}
@@ -188,13 +195,25 @@ def set_up(cfg: DictConfig, run_dir: Path) -> Run:
         print(plan_report(settings.plan), flush=True)
         runs.write_json(run_dir / runs.HARDWARE_PLAN, settings.plan)
     hardware.check_hardware(cfg, device)
-    resolved = to_container(cfg)
-    changed = checkpoints.config_changes(run_dir / runs.CONFIG, resolved) if resume_from else []
-    if changed:
-        log.warning("resuming with a config that differs from the run's first launch in: %s", ", ".join(changed))
+    check_credentials(to_container(cfg))
+    resolved = redact(to_container(cfg))  # config.yaml, .hydra/ and W&B never hold a credential
+    # 0: the first launch; N (a resume): config.resume-N.yaml beside the first's. A fresh launch into a used folder
+    # is refused before this (medgpt.cli.ClaimRunFolder, the pipeline); a caller of train() owns its folder.
+    launch = runs.launch_number(run_dir) if cfg.resume else 0
+    if launch and runs.is_main_process():
+        first = OmegaConf.to_container(OmegaConf.load(run_dir / runs.CONFIG))
+        refused, changed = resume_conflicts(first, resolved)
+        if refused:
+            raise UserError(f"resume: {run_dir} is a run of another stage, model or hardware "
+                            f"({describe_conflicts(first, resolved, refused)}); resume it with its own overrides")
+        if changed:
+            log.warning("resuming with a config that differs from the run's first launch in: %s",
+                        ", ".join(changed))
     if runs.is_main_process():
-        (run_dir / runs.CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), encoding="utf-8")
-        runs.write_json(run_dir / runs.ENVIRONMENT, {"versions": tracking.versions(), **tracking.git_state()})
+        runs.launch_file(run_dir, runs.CONFIG, launch).write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)),
+                                                                  encoding="utf-8")
+        runs.write_json(runs.launch_file(run_dir, runs.ENVIRONMENT, launch),
+                        redact({"versions": tracking.versions(), **tracking.git_state()}))
     transformers.set_seed(settings.seed)
     return Run(cfg, run_dir, stage, settings, resolved, load_tokenizer(cfg.model), trainer_config, resume_from,
                metrics={"stage": cfg.stage.name, "model": cfg.model.name, "hardware": cfg.hardware.name,

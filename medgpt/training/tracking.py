@@ -97,12 +97,22 @@ def start_logger(logger_cfg, run_dir: Path, run_name: str, config: dict) -> Dict
     os.environ.setdefault("WANDB_SILENT", "true")
     job = sweep_job() or {}
     # the composed config sits under its own key: the trainer's callback overwrites same-named top-level keys
-    wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, name=run_name,
+    # one W&B run per run folder: a resumed launch continues it (its id comes from the folder, resume="allow")
+    wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, name=run_name, id=wandb_run_id(run_dir),
+               resume="allow",
                group=logger_cfg.group or job.get("group"),
                tags=list(logger_cfg.tags) or None, notes=logger_cfg.notes, dir=str(run_dir), mode=mode,
                config={"cfg": config, "run_dir": str(run_dir), **git_state(),
                        **{k: job[k] for k in ("sweep_dir", "job_num", "overrides") if k in job}})
     return {"report_to": ["wandb"], "run_name": run_name}
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of a run folder: the same for every launch in it (first run and resumes), different for
+    every folder (its absolute path, which holds the run stamp)."""
+    import hashlib
+
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode("utf-8")).hexdigest()[:16]
 
 
 def wandb_location() -> Optional[str]:
