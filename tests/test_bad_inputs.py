@@ -70,14 +70,14 @@ def test_unknown_role(tmp_path):
         load(write(tmp_path, [record]))
 
 
-def test_conversation_without_assistant_turn(tmp_path):
-    from medgpt.errors import DataError
-
-    record = {"messages": [{"role": "user", "content": "Is fever dangerous?"}]}
-    with pytest.raises(DataError, match=":2: the conversation has no assistant turn. Fix: add the assistant"):
-        load(write(tmp_path, [CHAT, record]))
-    train, _ = load(write(tmp_path, [CHAT, record], name="skip.jsonl"), "data.on_bad_record=skip")
-    assert len(train.rows) == 1 and train.skipped == {"the conversation has no assistant turn": 1}
+def test_conversation_without_answer_is_dropped_and_trailing_question_cut(tmp_path):
+    """Real-world chats (MedicalGPT's own multi-turn samples): never fatal, counted."""
+    no_answer = {"messages": [{"role": "user", "content": "Is fever dangerous?"}]}
+    trailing = {"messages": CHAT["messages"] + [{"role": "user", "content": "继续"}]}
+    train, _ = load(write(tmp_path, [CHAT, no_answer, trailing]))
+    assert [r["messages"] for r in train.rows] == [CHAT["messages"], CHAT["messages"]]
+    assert train.cleaned == {"dropped_no_answer": 1, "trimmed_trailing_turns": 1} and not train.skipped
+    assert train.counts() == {"dropped_no_answer": 1, "trimmed_trailing_turns": 1}
 
 
 def test_empty_text(tmp_path):

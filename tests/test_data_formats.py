@@ -47,14 +47,29 @@ def test_moss_plain_text_dialogue_to_turns():
 @pytest.mark.parametrize("dialogue, problem", [
     ("Hello [Human]: hi<eoh> [MOSS]: yo<eoa>", "before any"),
     ("[Human]: hi<eoh> [Human]: again<eoh> [MOSS]: yo<eoa>", "out of order"),
-    ("[Human]: hi<eoh>", "no assistant turn"),
-    ("[Human]: hi<eoh> [MOSS]: yo<eoa> [Human]: more?<eoh>", "ends with a user turn"),
-    ("[Human]: hi<eoh> [MOSS]: <eoa>", "empty assistant turn"),
+    ("[Human]: hi<eoh> [MOSS]: <eoa> [Human]: more?<eoh> [MOSS]: yo<eoa>", "empty assistant turn"),
     ("no speaker marks at all", "before any"),
 ])
 def test_bad_moss_dialogues_say_what_is_wrong(dialogue, problem):
     with pytest.raises(RecordError, match=problem):
         convert("moss", {"plain_text": dialogue})
+
+
+@pytest.mark.parametrize("dialogue, trimmed", [
+    ("[Human]: hi<eoh> [MOSS]: yo<eoa> [Human]: more?<eoh>", 1),  # a trailing question: cut, not fatal
+    ("[Human]: hi<eoh>", None),  # no answer at all: the record is dropped
+    ("[Human]: hi<eoh> [MOSS]: <eoa>", None),  # an empty last answer is no answer
+])
+def test_unanswered_moss_dialogues_are_trimmed_or_dropped(dialogue, trimmed):
+    from medgpt.data.formats import Unanswered, answered
+
+    messages = convert("moss", {"plain_text": dialogue})["messages"]
+    if trimmed is None:
+        with pytest.raises(Unanswered, match="no assistant answer"):
+            answered(messages)
+    else:
+        kept, cut = answered(messages)
+        assert cut == trimmed and kept[-1] == {"role": "assistant", "content": "yo"}
 
 
 HH_PROMPT = "\n\nHuman: I have a fever.\n\nAssistant: How high is it?\n\nHuman: 39 degrees.\n\nAssistant:"
@@ -132,11 +147,14 @@ def test_text_and_preference_formats():
 
 @pytest.mark.parametrize("record, problem", [
     ({"conversations": [{"from": "doctor", "value": "x"}]}, "unknown role 'doctor'"),
-    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "}]}, "empty assistant"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "},
+                        {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a"}]}, "empty assistant"),
     ({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}, "out of order"),
-    ({"conversations": [{"from": "human", "value": "q"}]}, "no assistant turn"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "observation", "value": "r"}]}, "out of order"),
     ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"},
-                        {"from": "human", "value": "q2"}]}, "ends with a user turn"),
+                        {"from": "observation", "value": "r"}]}, "out of order"),  # a result without a call
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{\"name\": "}]},
+     "not valid JSON"),
     ({"conversations": [{"from": "human"}]}, "needs keys 'from' and 'value'"),
 ])
 def test_bad_chat_records_say_what_is_wrong(record, problem):
@@ -186,7 +204,8 @@ GOOD = json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "
 @pytest.mark.parametrize("bad_line, message", [
     ('{"conversations": [', "invalid JSON"),
     (json.dumps({"conversations": [{"from": "nurse", "value": "q"}]}), "unknown role 'nurse'"),
-    (json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": ""}]}),
+    (json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": ""},
+                                   {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a"}]}),
      "empty assistant turn"),
     (json.dumps({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}),
      "out of order"),

@@ -79,6 +79,8 @@ def generate_samples(cfg, tokenizer, settings: RunSettings) -> Iterator[dict]:
                 yield {"input_ids": ids, "labels": labels}
     if counts.skipped:
         log.warning("stream: skipped %d bad record(s): %s", sum(counts.skipped.values()), dict(counts.skipped))
+    if counts.cleaned:
+        log.warning("stream: %s", dict(counts.cleaned))
 
 
 def streaming_dataset(cfg, tokenizer, settings: RunSettings):
