@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from medgpt.config import RunSettings
 from medgpt.data import tokenize
+from medgpt.errors import UserError
 
 log = logging.getLogger(__name__)
 CACHE_ENV = "MEDGPT_DATA_CACHE"
@@ -71,6 +72,7 @@ def cache_key(stage, rows: List[dict], tokenizer, cfg, settings: RunSettings) ->
         "max_length": settings.max_length, "overlong": cfg.data.overlong,
         "block_size": cfg.data.block_size, "args": {k: v for k, v in args.items() if "length" in k},
         "num_proc": cfg.data.num_proc or 1,  # pt packs each worker's share separately
+        "chat_template_kwargs": tokenize.template_kwargs(settings),
     }
     h = hashlib.sha256()
     for part in (rows_fingerprint(rows), tokenizer_fingerprint(tokenizer),
@@ -135,3 +137,31 @@ def _prepare_shard(module_name: str, rows: List[dict], tokenizer, cfg, settings:
     import importlib
 
     return importlib.import_module(module_name).prepare(rows, tokenizer, cfg, settings)
+
+
+DROPPED = {"dropped_overlong": "longer than max_length", "dropped_no_loss": "no answer token left after truncation",
+           "dropped_long_prompt": "the prompt alone fills max_length"}
+
+
+def prepare_split(split: str, stage, rows: List[dict], tokenizer, cfg, settings: RunSettings) -> Tuple[object, dict]:
+    """cached_prepare for one split. A train split with no sample left stops the run before the model loads (never a
+    0-step "completed" run); an eval split that loses every sample (too long, no loss, or its own data problem) is
+    dropped with a warning naming the split and the number, and the run trains without evaluation (None)."""
+    try:
+        dataset, counts = cached_prepare(stage, rows, tokenizer, cfg, settings)
+    except UserError as e:
+        if split == "train":
+            raise
+        log.warning("%s split: %s; training without evaluation", split, e)
+        return None, {"eval_skipped": str(e)}
+    if not hasattr(dataset, "__len__") or len(dataset) > 0:
+        return dataset, counts
+    key = settings.source("max_length")
+    reasons = ", ".join(f"{counts[k]} {why}" for k, why in DROPPED.items() if counts.get(k)) or "no loss left"
+    problem = (f"{split} split: all {len(rows)} record(s) were dropped ({reasons}; {key}={settings.max_length}, "
+               f"data.overlong={cfg.data.overlong})")
+    fix = f"raise {key}, or shorten the records"
+    if split == "train":
+        raise UserError(f"{problem}: nothing to train on. Fix: {fix}")
+    log.warning("%s; training without evaluation. To evaluate: %s", problem, fix)
+    return None, {**counts, "eval_skipped": problem}
