@@ -101,7 +101,7 @@ def cached_prepare(stage, rows: List[dict], tokenizer, cfg, settings: RunSetting
             return load_from_disk(str(entry / "dataset")), {**counts, "data_cache": "hit"}
         start = time.time()
         dataset, counts = prepare_parallel(stage, rows, tokenizer, cfg, settings)
-        if not hasattr(dataset, "save_to_disk"):  # a stage that returns something else than a datasets.Dataset
+        if not hasattr(dataset, "save_to_disk") or len(dataset) == 0:  # not a datasets.Dataset, or nothing left
             return dataset, {**counts, "data_cache": "off"}
         tmp = root / f"{key}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
