@@ -269,3 +269,68 @@ def test_column_mapping_and_forced_format(tmp_path):
     path = _write(tmp_path, [json.dumps({"问": "发烧怎么办", "答": "多喝水"})])
     records = load_split([path], accepted=["question", "alpaca"], columns={"问": "instruction", "答": "output"})
     assert records.rows[0]["messages"][1]["content"] == "多喝水"
+
+
+# --- real-world chats (issue 17.5): unanswered last turns and answerless records never stop a run ---
+
+MULTI_TURN = [
+    {"conversations": [{"from": "human", "value": "发烧怎么办？"}, {"from": "gpt", "value": "多喝水，必要时就医。"},
+                       {"from": "human", "value": "吃什么药？"}, {"from": "gpt", "value": "可以用退烧药。"}]},
+    {"conversations": [{"from": "human", "value": "头疼怎么办？"}, {"from": "gpt", "value": "先休息。"},
+                       {"from": "human", "value": "继续"}]},  # the seed's samples end like this
+    {"conversations": [{"from": "human", "value": "咳嗽"}]},  # no answer at all
+    {"conversations": [{"from": "system", "value": "你是医生。"}, {"from": "human", "value": "失眠？"},
+                       {"from": "gpt", "value": ""}]},  # an empty answer is no answer
+    {"conversations": [{"from": "human", "value": "腹泻怎么办？"}, {"from": "gpt", "value": "补液。"},
+                       {"from": "human", "value": "还有呢？"}, {"from": "human", "value": "继续"}]},
+]
+
+
+def test_multi_turn_sharegpt_with_unanswered_turns_trains_and_reports_counts(tmp_path, capsys):
+    from conftest import train_in_process
+    from medgpt.tools.inspect import main as inspect_main
+
+    data = _write(tmp_path, [json.dumps(r, ensure_ascii=False) for r in MULTI_TURN])
+    overrides = [f"data.train_files=[{data}]", "data.eval_split=0"]
+    run_dir, metrics = train_in_process(tmp_path, *overrides, "stage.args.max_steps=1")
+    assert metrics["status"] == "completed" and metrics["train_records"] == 3
+    assert metrics["trimmed_trailing_turns"] == 2 and metrics["dropped_no_answer"] == 2
+    assert json.loads((run_dir / "metrics.json").read_text())["dropped_no_answer"] == 2
+    stats = inspect_main(["inspect", *overrides])
+    assert stats["cleaned"] == {"trimmed_trailing_turns": 2, "dropped_no_answer": 2}
+    assert "cleaned        {'trimmed_trailing_turns': 2, 'dropped_no_answer': 2}" in capsys.readouterr().out
+
+
+def test_malformed_chat_still_stops_unless_skipped(tmp_path):
+    from medgpt.data import load_data
+    from conftest import compose
+    from medgpt.errors import DataError
+
+    out_of_order = {"conversations": [{"from": "human", "value": "q"}, {"from": "human", "value": "q2"},
+                                      {"from": "gpt", "value": "a"}]}
+    data = _write(tmp_path, [json.dumps(r, ensure_ascii=False) for r in MULTI_TURN + [out_of_order]])
+    cfg = compose(f"data.train_files=[{data}]", "data.eval_split=0")
+    with pytest.raises(DataError, match=f"{data}:6: turn 2 is 'user' but an assistant turn was expected"):
+        load_data(cfg.data, cfg.stage)
+    skipping = compose(f"data.train_files=[{data}]", "data.eval_split=0", "data.on_bad_record=skip")
+    train, _ = load_data(skipping.data, skipping.stage)
+    assert len(train.rows) == 3 and sum(train.skipped.values()) == 1 and train.cleaned["dropped_no_answer"] == 2
+
+
+def test_eval_split_that_loses_every_pair_does_not_kill_the_run(tmp_path, caplog):
+    """stage=rm: the one eval pair is longer than max_length; the train split is fine, so the run trains without
+    evaluation and says which split lost how many."""
+    import logging
+
+    from conftest import train_in_process
+
+    pair = {"prompt": "Is fever dangerous?", "chosen": "Often not; rest and drink.", "rejected": "Always."}
+    train = _write(tmp_path, [json.dumps(dict(pair, rejected=f"Always {i}.")) for i in range(4)], "train.jsonl")
+    long = _write(tmp_path, [json.dumps(dict(pair, prompt="fever " * 200))], "eval.jsonl")
+    with caplog.at_level(logging.WARNING):
+        _, metrics = train_in_process(tmp_path, "stage=rm", f"data.train_files=[{train}]",
+                                      f"data.eval_files=[{long}]", "stage.args.max_length=64",
+                                      "stage.args.max_steps=1")
+    assert metrics["status"] == "completed" and metrics["global_step"] == 1 and "eval_loss" not in metrics
+    assert metrics["eval_skipped"].startswith("eval split: all 1 record(s) were dropped (1 longer than max_length")
+    assert "training without evaluation" in caplog.text

@@ -138,6 +138,7 @@ def check_turns(messages: List[dict], need_assistant_last: bool = False, prompt:
     """Turn order: an optional leading system turn, then user first; a user turn is answered by the assistant; a tool
     result follows an assistant turn with tool calls (or another tool result) and is followed by the assistant.
     An empty assistant turn before a real answer is malformed; one at the end counts as no answer (see `answered`).
+    After the last answer (cut by `answered`), user turns may follow each other, except in a prompt (prompt=True).
     need_assistant_last: also require the conversation to end with an answer (raises Unanswered).
     prompt: a prompt (preference, GRPO, KTO): every assistant turn in it must have text."""
     if not messages:
@@ -155,9 +156,12 @@ def check_turns(messages: List[dict], need_assistant_last: bool = False, prompt:
             allowed = ("user", "tool") if previous.get("tool_calls") else ("user",)
         else:  # after a tool result: more results, or the assistant
             allowed = ("tool", "assistant")
+        if i > last_answer and not prompt and previous is not None and previous["role"] == "user":
+            allowed = ("assistant", "user")  # "...?" then "继续" after the last answer: cut by `answered`
         if role not in allowed:
             want = " or ".join(allowed)
-            raise RecordError(f"turn {i + 1} is '{role}' but a {want} turn was expected (turns out of order)",
+            raise RecordError(f"turn {i + 1} is '{role}' but {'an' if want[0] == 'a' else 'a'} {want} turn was "
+                              f"expected (turns out of order)",
                               "alternate user and assistant turns, starting with the user; tool results follow "
                               "the assistant's tool call")
         if role == "assistant" and not _is_answer(m) and (i < last_answer or prompt):
