@@ -274,7 +274,8 @@ def test_column_mapping_and_forced_format(tmp_path):
 # --- real-world chats (issue 17.5): unanswered last turns and answerless records never stop a run ---
 
 MULTI_TURN = [
-    {"conversations": [{"from": "human", "value": "发烧怎么办？"}, {"from": "gpt", "value": "多喝水，必要时就医。"},
+    {"conversations": [{"from": "human", "value": "发烧怎么办？"},
+                       {"from": "gpt", "value": "多喝水，必要时就医。"},
                        {"from": "human", "value": "吃什么药？"}, {"from": "gpt", "value": "可以用退烧药。"}]},
     {"conversations": [{"from": "human", "value": "头疼怎么办？"}, {"from": "gpt", "value": "先休息。"},
                        {"from": "human", "value": "继续"}]},  # the seed's samples end like this

@@ -69,7 +69,8 @@ def check_encoding(path: Path) -> None:
         encoding += " (no byte-order mark)"
     if encoding:
         raise DataError(path, None, f"the file is {encoding}-encoded; data files must be UTF-8",
-                        f"convert it: iconv -f {encoding.split()[0]} -t UTF-8 '{path}' > '{path.stem}.utf8{path.suffix}'")
+                        f"convert it: iconv -f {encoding.split()[0]} -t UTF-8 '{path}' > "
+                        f"'{path.stem}.utf8{path.suffix}'")
 
 
 def _not_utf8(path: Path, line: int, error: UnicodeDecodeError) -> DataError:

@@ -123,7 +123,8 @@ def report(stats: Dict) -> str:
     if stats["skipped"]:
         lines.append(f"skipped        {stats['skipped']}")
     if stats.get("cleaned"):
-        lines.append(f"cleaned        {stats['cleaned']} (unanswered last turns cut, records without an answer dropped)")
+        lines.append(f"cleaned        {stats['cleaned']} (unanswered last turns cut, records without an answer "
+                     f"dropped)")
     if stats.get("tools", {}).get("records_with_tools"):
         lines.append(f"tools          {stats['tools']['records_with_tools']} record(s) give tools: "
                      f"{', '.join(stats['tools']['names'])}")
