@@ -335,3 +335,20 @@ def test_eval_split_that_loses_every_pair_does_not_kill_the_run(tmp_path, caplog
     assert metrics["status"] == "completed" and metrics["global_step"] == 1 and "eval_loss" not in metrics
     assert metrics["eval_skipped"].startswith("eval split: all 1 record(s) were dropped (1 longer than max_length")
     assert "training without evaluation" in caplog.text
+
+
+def test_reasoning_content_is_kept_through_every_chat_and_preference_format():
+    think = "Fever with a stiff neck needs ruling out meningitis."
+    sharegpt = convert("sharegpt", {"conversations": [{"from": "human", "value": "q"},
+                                                      {"from": "gpt", "value": "a", "reasoning_content": think}]})
+    messages = convert("messages", {"messages": [{"role": "user", "content": "q"},
+                                                 {"role": "assistant", "content": "a", "reasoning": think}]})
+    alpaca = convert("alpaca", {"instruction": "q", "output": "a", "reasoning_content": think})
+    for row in (sharegpt, messages, alpaca):
+        assert row["messages"][-1] == {"role": "assistant", "content": "a", "reasoning_content": think}
+    pair = convert("trl_preference", {"prompt": "q", "rejected": "b", "chosen": [
+        {"role": "assistant", "content": "a", "reasoning_content": think}]})
+    assert pair["chosen"] == [{"role": "assistant", "content": "a", "reasoning_content": think}]
+    inline = convert("sharegpt", {"conversations": [{"from": "human", "value": "q"},
+                                                    {"from": "gpt", "value": f"<think>{think}</think>a"}]})
+    assert inline["messages"][-1]["content"] == f"<think>{think}</think>a"  # the template splits it
