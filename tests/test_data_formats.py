@@ -331,10 +331,12 @@ def test_eval_split_that_loses_every_pair_does_not_kill_the_run(tmp_path, caplog
     with caplog.at_level(logging.WARNING):
         _, metrics = train_in_process(tmp_path, "stage=rm", f"data.train_files=[{train}]",
                                       f"data.eval_files=[{long}]", "stage.args.max_length=64",
-                                      "stage.args.max_steps=1")
+                                      "stage.args.max_steps=1", "stage.args.eval_strategy=steps",
+                                      "stage.args.eval_steps=1")
     assert metrics["status"] == "completed" and metrics["global_step"] == 1 and "eval_loss" not in metrics
     assert metrics["eval_skipped"].startswith("eval split: all 1 record(s) were dropped (1 longer than max_length")
     assert "training without evaluation" in caplog.text
+    assert "no eval data left: stage.args.eval_strategy=no for this run" in caplog.text  # else the trainer refuses
 
 
 def test_reasoning_content_is_kept_through_every_chat_and_preference_format():

@@ -153,6 +153,7 @@ def prepare_split(split: str, stage, rows: List[dict], tokenizer, cfg, settings:
         if split == "train":
             raise
         log.warning("%s split: %s; training without evaluation", split, e)
+        without_evaluation(cfg)
         return None, {"eval_skipped": str(e)}
     if not hasattr(dataset, "__len__") or len(dataset) > 0:
         return dataset, counts
@@ -164,4 +165,20 @@ def prepare_split(split: str, stage, rows: List[dict], tokenizer, cfg, settings:
     if split == "train":
         raise UserError(f"{problem}: nothing to train on. Fix: {fix}")
     log.warning("%s; training without evaluation. To evaluate: %s", problem, fix)
+    without_evaluation(cfg)
     return None, {**counts, "eval_skipped": problem}
+
+
+def without_evaluation(cfg) -> None:
+    """The trainer refuses eval_strategy=steps|epoch (and load_best_model_at_end) without eval data: once the eval
+    split is gone, those stage.args are turned off for this run (with a warning), so the run still trains."""
+    from omegaconf import open_dict
+
+    args = cfg.stage.args
+    changed = {k: v for k, v in (("eval_strategy", "no"), ("load_best_model_at_end", False))
+               if args.get(k) not in (None, v)}
+    if changed:
+        log.warning("no eval data left: %s for this run", ", ".join(f"stage.args.{k}={v}" for k, v in changed.items()))
+        with open_dict(args):
+            for key, value in changed.items():
+                args[key] = value
