@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import compose, official
-from medgpt.data.tokenize import IGNORE, chat_labels, segment_labels, tokenize_chats
+from medgpt.data.tokenize import IGNORE, batch_labels, chat_labels, segment_labels, tokenize_chats
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>",
            "<tool_response>", "</tool_response>"]
@@ -115,14 +115,15 @@ def official_or_tiny(name, tiny_dir):
 @pytest.mark.parametrize("tokenizer_name, template", [("tiny", "qwen"), ("tiny", "chatml"), ("qwen3", "qwen3"),
                                                       ("qwen3", "chatml"), ("llama3", "llama3")])
 def test_span_by_span_labels_equal_the_fast_tokenizers_mask(tokenizer_name, template, tiny_dir):
-    """On fast tokenizers (the tiny BPE and real vocabularies) the span-by-span method gives the same ids and labels
-    as transformers' assistant mask, for every conversation of the battery."""
+    """On fast tokenizers (the tiny BPE and real vocabularies) the span-by-span method, and the batched path SFT
+    preparation takes, give the same ids and labels as transformers' assistant mask, for every conversation."""
     from medgpt.modeling.templates import load_template
 
     tokenizer = official_or_tiny(tokenizer_name, tiny_dir)
     tokenizer.chat_template = load_template(template)
     for messages, tools in BATTERY:
         assert segment_labels(tokenizer, messages, tools) == chat_labels(tokenizer, messages, tools)
+    assert batch_labels(tokenizer, BATTERY) == [chat_labels(tokenizer, m, t) for m, t in BATTERY]  # SFT's fast path
 
 
 def test_sft_prepares_with_a_slow_tokenizer(slow_tokenizer):
@@ -137,3 +138,19 @@ def test_sft_prepares_with_a_slow_tokenizer(slow_tokenizer):
         assert trained_text(slow_tokenizer, ids, labels).endswith(row["messages"][-1]["content"] + "<|im_end|>")
     columns, _ = tokenize_chats(rows[:1], slow_tokenizer, 4096, "error")
     assert columns["labels"][0] == dataset["labels"][0]
+
+
+@pytest.mark.samples
+def test_batched_labels_equal_the_mask_on_the_medicalgpt_sample_with_qwen3():
+    """The 1,000-record SFT sample with the real Qwen3 tokenizer: SFT's batched path == the assistant mask."""
+    from transformers import AutoTokenizer
+
+    from conftest import SAMPLES
+    from medgpt.data.loading import load_split
+    from medgpt.modeling.templates import load_template
+
+    rows = load_split([SAMPLES / "medical_sft_1K_format.jsonl"], accepted=["sharegpt"]).rows[:300]
+    tokenizer = AutoTokenizer.from_pretrained(official("qwen3"))
+    tokenizer.chat_template = load_template("qwen3")
+    assert batch_labels(tokenizer, [(r["messages"], None) for r in rows]) == \
+        [chat_labels(tokenizer, r["messages"]) for r in rows]

@@ -16,11 +16,12 @@ IGNORE = -100
 OVERLONG = ("truncate", "drop", "error")
 
 
-def progress(items, desc: str, min_items: int = 2000):
+def progress(items, desc: str, min_items: int = 2000, total: Optional[int] = None):
     """A progress bar over a long loop (data preparation); silent for short ones and when not on a terminal."""
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit="rec", disable=len(items) < min_items, leave=False)
+    total = len(items) if total is None else total
+    return tqdm(items, desc=desc, unit="rec", total=total, disable=total < min_items, leave=False)
 
 
 def template_kwargs(settings) -> dict:
@@ -91,6 +92,44 @@ def segment_labels(tokenizer, messages: List[dict], tools: Optional[List[dict]] 
     return ids, labels
 
 
+BATCH = 256  # conversations rendered, then tokenized in one call of the fast tokenizer's backend
+
+
+def batch_labels(tokenizer, conversations: List[Tuple[List[dict], Optional[List[dict]]]],
+                 **kwargs) -> List[Tuple[List[int], List[int]]]:
+    """chat_labels for many (messages, tools) at once on a fast tokenizer: each conversation rendered with its
+    generation spans (render_spans), all texts encoded in one backend call (parallel in Rust where cores are free),
+    and the spans mapped to tokens through the offsets exactly as transformers' assistant mask does (a token
+    overlapping a span is trained). tests/test_slow_tokenizer.py checks it equals chat_labels."""
+    rendered = [render_spans(tokenizer, messages, tools, **kwargs) for messages, tools in conversations]
+    encodings = tokenizer.backend_tokenizer.encode_batch([text for text, _ in rendered], add_special_tokens=False)
+    out = []
+    for (_, spans), encoding in zip(rendered, encodings):
+        ids, labels, span = encoding.ids, [IGNORE] * len(encoding.ids), 0
+        for i, (start, end) in enumerate(encoding.offsets):
+            while span < len(spans) and start >= spans[span][1]:
+                span += 1
+            if span == len(spans):
+                break
+            if end > spans[span][0]:
+                labels[i] = ids[i]
+        if all(label == IGNORE for label in labels):
+            raise UserError(NO_GENERATION)
+        out.append((list(ids), labels))
+    return out
+
+
+def labelled(rows: List[dict], tokenizer, **kwargs):
+    """(ids, labels) of each chat row in order: batched on a fast tokenizer, one by one otherwise."""
+    if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
+        for row in rows:
+            yield chat_labels(tokenizer, row["messages"], row.get("tools"), **kwargs)
+        return
+    for start in range(0, len(rows), BATCH):
+        chunk = rows[start:start + BATCH]
+        yield from batch_labels(tokenizer, [(row["messages"], row.get("tools")) for row in chunk], **kwargs)
+
+
 def tokenize_chats(rows: List[dict], tokenizer, max_length: int, overlong: str,
                    max_length_key: str = "data.max_length",
                    chat_template_kwargs: Optional[dict] = None) -> Tuple[Dict[str, list], Counter]:
@@ -102,8 +141,8 @@ def tokenize_chats(rows: List[dict], tokenizer, max_length: int, overlong: str,
     kwargs = chat_template_kwargs or {}
     columns: Dict[str, list] = {"input_ids": [], "labels": []}
     counts: Counter = Counter()
-    for i, row in enumerate(progress(rows, "tokenize chats")):
-        ids, labels = chat_labels(tokenizer, row["messages"], row.get("tools"), **kwargs)
+    for i, (ids, labels) in enumerate(progress(labelled(rows, tokenizer, **kwargs), "tokenize chats",
+                                               total=len(rows))):
         if len(ids) > max_length:
             if overlong == "error":
                 raise UserError(f"sample {i + 1} has {len(ids)} tokens, more than max_length={max_length}. Raise "
