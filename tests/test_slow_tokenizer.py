@@ -149,7 +149,7 @@ def test_batched_labels_equal_the_mask_on_the_medicalgpt_sample_with_qwen3():
     from medgpt.data.loading import load_split
     from medgpt.modeling.templates import load_template
 
-    rows = load_split([SAMPLES / "medical_sft_1K_format.jsonl"], accepted=["sharegpt"]).rows[:300]
+    rows = load_split([SAMPLES / "medical_sft_1K_format.jsonl"], accepted=["sharegpt"]).rows[:100]
     tokenizer = AutoTokenizer.from_pretrained(official("qwen3"))
     tokenizer.chat_template = load_template("qwen3")
     assert batch_labels(tokenizer, [(r["messages"], None) for r in rows]) == \
