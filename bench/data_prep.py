@@ -138,7 +138,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="first runs per mode (best is reported)")
     options = parser.parse_args()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # medgpt's own progress bars
     import logging
 
     logging.disable(logging.WARNING)

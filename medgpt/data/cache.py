@@ -116,27 +116,34 @@ def cached_prepare(stage, rows: List[dict], tokenizer, cfg, settings: RunSetting
 
 def prepare_parallel(stage, rows: List[dict], tokenizer, cfg, settings: RunSettings) -> Tuple[object, Counter]:
     """stage.prepare over data.num_proc contiguous shards in worker processes, concatenated in order.
-    (pt: each shard packs its own blocks, so at most num_proc short tails are dropped instead of one.)"""
+    (pt: each shard packs its own blocks, so at most num_proc short tails are dropped instead of one.)
+    The workers are forked: they inherit the records, tokenizer and config (_JOB) instead of receiving them pickled
+    (a 150k-token vocabulary per shard cost more than the tokenization of a few thousand records)."""
+    global _JOB
     workers = cfg.data.num_proc or 1
     if workers <= 1 or len(rows) < 2 * workers:
         return stage.prepare(rows, tokenizer, cfg, settings)
     from datasets import concatenate_datasets
 
     size = -(-len(rows) // workers)
-    shards = [rows[i:i + size] for i in range(0, len(rows), size)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        results = list(pool.map(_prepare_shard, [stage.__name__] * len(shards), shards,
-                                [tokenizer] * len(shards), [cfg] * len(shards), [settings] * len(shards)))
+    _JOB = (stage, [rows[i:i + size] for i in range(0, len(rows), size)], tokenizer, cfg, settings)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_prepare_shard, range(len(_JOB[1]))))
+    finally:
+        _JOB = None
     counts: Counter = Counter()
     for _, shard_counts in results:
         counts.update(shard_counts)
     return concatenate_datasets([dataset for dataset, _ in results]), counts
 
 
-def _prepare_shard(module_name: str, rows: List[dict], tokenizer, cfg, settings: RunSettings):
-    import importlib
+_JOB = None  # (stage, shards, tokenizer, cfg, settings) of the running prepare_parallel, inherited by its workers
 
-    return importlib.import_module(module_name).prepare(rows, tokenizer, cfg, settings)
+
+def _prepare_shard(index: int):
+    stage, shards, tokenizer, cfg, settings = _JOB
+    return stage.prepare(shards[index], tokenizer, cfg, settings)
 
 
 DROPPED = {"dropped_overlong": "longer than max_length", "dropped_no_loss": "no answer token left after truncation",

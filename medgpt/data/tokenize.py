@@ -1,7 +1,10 @@
 """Tokenize normalised records: chats with assistant-only labels, text into fixed-size blocks.
 
 Labels are -100 on every token outside the template's {% generation %} spans (system, user, role headers),
-so loss falls exactly on assistant text and its end-of-turn token, in every assistant turn.
+so loss falls exactly on assistant text and its end-of-turn token, in every assistant turn (tool calls included; tool
+results, which the template renders outside those spans, never). A record's `tools` and the run's
+chat_template_kwargs reach the template. Fast tokenizers: conversations rendered, then encoded in batches with
+offsets (batch_labels); slow / remote-code tokenizers, which have no offsets: tokenized span by span (segment_labels).
 
     medgpt data inspect data=sft_demo       # see the masked spans of two examples
 """
