@@ -81,6 +81,9 @@ def test_openai_messages_keep_tool_calls_results_and_reasoning():
         {"type": "function", "id": "call_1", "function": {"name": "lookup_dose", "arguments": {"drug": "aspirin"}}}]}
     assert result == {"role": "tool", "content": RESULT, "tool_call_id": "call_1"}
     assert answer["content"] == "<think>It says 500 mg.</think>" + ANSWER  # inline reasoning kept for the template
+    legacy = convert("messages", {"messages": [{"role": "user", "content": "Dose?"},
+                                               {"role": "assistant", "content": None, "function_call": CALL}]})
+    assert legacy["messages"][1]["tool_calls"] == [{"type": "function", "function": CALL}]  # OpenAI's older field
 
 
 def test_tool_calls_are_trained_tool_results_are_not(tool_tokenizer):

@@ -195,6 +195,8 @@ def _turns(items, role_key: str, content_key: str, what: str) -> List[dict]:
     out = []
     for i, turn in enumerate(items):
         calls = turn.get("tool_calls") if isinstance(turn, dict) else None
+        if not calls and isinstance(turn, dict) and isinstance(turn.get("function_call"), dict):
+            calls = [turn["function_call"]]  # OpenAI's older single `function_call` field
         if not isinstance(turn, dict) or role_key not in turn or (content_key not in turn and not calls):
             raise RecordError(f"turn {i + 1} of '{what}' needs keys '{role_key}' and '{content_key}'",
                               f"write each turn as {{\"{role_key}\": ..., \"{content_key}\": ...}}")
