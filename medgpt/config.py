@@ -76,6 +76,7 @@ class DataConfig:
     max_samples: Optional[int] = None
     eval_split: float = 0.0  # fraction held out for eval when no eval_files
     on_bad_record: str = "error"  # error | skip (skipped records are counted and reported)
+    max_record_mb: float = 16.0  # a longer record (one line of a .jsonl/.txt) is refused without being read
     max_length: Optional[int] = None  # tokens per sample: beats model.max_length, not stage.args.max_length
     overlong: str = "truncate"  # truncate | drop | error, for samples longer than max_length
     block_size: int = 512  # pt: tokens per training block

@@ -70,14 +70,14 @@ def test_unknown_role(tmp_path):
         load(write(tmp_path, [record]))
 
 
-def test_conversation_without_assistant_turn(tmp_path):
-    from medgpt.errors import DataError
-
-    record = {"messages": [{"role": "user", "content": "Is fever dangerous?"}]}
-    with pytest.raises(DataError, match=":2: the conversation has no assistant turn. Fix: add the assistant"):
-        load(write(tmp_path, [CHAT, record]))
-    train, _ = load(write(tmp_path, [CHAT, record], name="skip.jsonl"), "data.on_bad_record=skip")
-    assert len(train.rows) == 1 and train.skipped == {"the conversation has no assistant turn": 1}
+def test_conversation_without_answer_is_dropped_and_trailing_question_cut(tmp_path):
+    """Real-world chats (MedicalGPT's own multi-turn samples): never fatal, counted."""
+    no_answer = {"messages": [{"role": "user", "content": "Is fever dangerous?"}]}
+    trailing = {"messages": CHAT["messages"] + [{"role": "user", "content": "继续"}]}
+    train, _ = load(write(tmp_path, [CHAT, no_answer, trailing]))
+    assert [r["messages"] for r in train.rows] == [CHAT["messages"], CHAT["messages"]]
+    assert train.cleaned == {"dropped_no_answer": 1, "trimmed_trailing_turns": 1} and not train.skipped
+    assert train.counts() == {"dropped_no_answer": 1, "trimmed_trailing_turns": 1}
 
 
 def test_empty_text(tmp_path):
@@ -200,3 +200,92 @@ def test_user_error_on_the_command_line_prints_the_message_alone(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["user_error"] is True
     assert not (run / "final").exists()
+
+
+# --- issue 19.6: more bad inputs; each stops the run (exit status 2, one line, no traceback) before a model loads ---
+
+def run_main(tmp_path, capsys, *overrides):
+    """medgpt.training.run.main as `python train.py <overrides>` runs it: (exit status, stderr)."""
+    from medgpt.training.run import main
+
+    cfg = compose(f"output_root={tmp_path}", "logger=none", "data.eval_split=0", *overrides)
+    with pytest.raises(SystemExit) as exit_info:
+        main(cfg)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return exit_info.value.code, err
+
+
+@pytest.mark.parametrize("encoding, problem", [
+    ("utf-16", "the file is UTF-16-LE-encoded; data files must be UTF-8. Fix: convert it: iconv -f UTF-16-LE"),
+    ("latin-1", ":1: the file is not UTF-8 (byte 0xe8 at column"),
+])
+def test_data_file_not_utf8_names_file_and_encoding(tmp_path, capsys, encoding, problem):
+    chat = {"messages": [{"role": "user", "content": "Une fièvre?"}, {"role": "assistant", "content": "Repos."}]}
+    path = tmp_path / "chats.jsonl"
+    path.write_bytes((json.dumps(chat, ensure_ascii=False) + "\n").encode(encoding))
+    status, err = run_main(tmp_path, capsys, f"data.train_files=[{path}]")
+    assert status == 2 and f"error: {path}" in err and problem in err
+
+
+@pytest.mark.parametrize("top", ['"just a string"', "42", "null"])
+def test_json_file_whose_top_level_is_not_a_list_or_object(tmp_path, capsys, top):
+    path = tmp_path / "data.json"
+    path.write_text(top)
+    status, err = run_main(tmp_path, capsys, f"data.train_files=[{path}]")
+    assert status == 2
+    assert f"error: {path}: the top level of the JSON file is a" in err and "not a list of records" in err
+
+
+def test_duplicate_keys_warn_naming_the_line(tmp_path, caplog):
+    import logging
+
+    line = '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "messages": ' \
+           '[{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]}'
+    path = write(tmp_path, [CHAT, line])
+    with caplog.at_level(logging.WARNING, logger="medgpt.data.loading"):
+        train, _ = load(path)
+    assert f"{path}:2: duplicate key(s) 'messages' in the record: the last value of each is used" in caplog.text
+    assert train.rows[1]["messages"][0]["content"] == "q2"  # as json.loads: the last value wins
+
+
+def test_a_50mb_record_is_refused_without_reading_it_into_memory(tmp_path, capsys):
+    import tracemalloc
+
+    from medgpt.data.loading import read_records
+
+    path = tmp_path / "huge.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(CHAT) + "\n")
+        f.write('{"messages": [{"role": "user", "content": "')
+        for _ in range(50):
+            f.write("x" * 2 ** 20)
+        f.write('"}]}\n')
+        f.write(json.dumps(CHAT) + "\n")
+    tracemalloc.start()
+    records = list(read_records(path))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [n for n, _ in records] == [1, 2, 3]
+    assert peak < 40 * 2 ** 20  # about twice the 16 MB bound (readline's buffers), never the 50 MB line itself
+    status, err = run_main(tmp_path, capsys, f"data.train_files=[{path}]")
+    assert status == 2 and f"error: {path}:2: the record is 50.0 MB, more than data.max_record_mb=16" in err
+    assert "raise data.max_record_mb" in err
+
+
+def test_every_sample_over_max_length_with_no_loss_left_is_refused_before_training(tmp_path, capsys):
+    path = write(tmp_path, [CHAT, CHAT])
+    status, err = run_main(tmp_path, capsys, f"data.train_files=[{path}]", "data.max_length=8")
+    assert status == 2
+    assert ("error: train split: all 2 record(s) were dropped (2 no answer token left after truncation; "
+            "data.max_length=8, data.overlong=truncate): nothing to train on. Fix: raise data.max_length") in err
+    (run,) = (tmp_path / "runs" / "sft-tiny-cpu").iterdir()
+    assert json.loads((run / "metrics.json").read_text())["status"] == "failed"  # never a 0-step "completed" run
+
+
+def test_model_path_that_is_a_file(tmp_path, capsys):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"not a folder")
+    status, err = run_main(tmp_path, capsys, f"model.path={weights}")
+    assert status == 2
+    assert f"error: model.path={weights} is a file, not a model folder" in err and f"model.path={tmp_path}" in err

@@ -47,14 +47,29 @@ def test_moss_plain_text_dialogue_to_turns():
 @pytest.mark.parametrize("dialogue, problem", [
     ("Hello [Human]: hi<eoh> [MOSS]: yo<eoa>", "before any"),
     ("[Human]: hi<eoh> [Human]: again<eoh> [MOSS]: yo<eoa>", "out of order"),
-    ("[Human]: hi<eoh>", "no assistant turn"),
-    ("[Human]: hi<eoh> [MOSS]: yo<eoa> [Human]: more?<eoh>", "ends with a user turn"),
-    ("[Human]: hi<eoh> [MOSS]: <eoa>", "empty assistant turn"),
+    ("[Human]: hi<eoh> [MOSS]: <eoa> [Human]: more?<eoh> [MOSS]: yo<eoa>", "empty assistant turn"),
     ("no speaker marks at all", "before any"),
 ])
 def test_bad_moss_dialogues_say_what_is_wrong(dialogue, problem):
     with pytest.raises(RecordError, match=problem):
         convert("moss", {"plain_text": dialogue})
+
+
+@pytest.mark.parametrize("dialogue, trimmed", [
+    ("[Human]: hi<eoh> [MOSS]: yo<eoa> [Human]: more?<eoh>", 1),  # a trailing question: cut, not fatal
+    ("[Human]: hi<eoh>", None),  # no answer at all: the record is dropped
+    ("[Human]: hi<eoh> [MOSS]: <eoa>", None),  # an empty last answer is no answer
+])
+def test_unanswered_moss_dialogues_are_trimmed_or_dropped(dialogue, trimmed):
+    from medgpt.data.formats import Unanswered, answered
+
+    messages = convert("moss", {"plain_text": dialogue})["messages"]
+    if trimmed is None:
+        with pytest.raises(Unanswered, match="no assistant answer"):
+            answered(messages)
+    else:
+        kept, cut = answered(messages)
+        assert cut == trimmed and kept[-1] == {"role": "assistant", "content": "yo"}
 
 
 HH_PROMPT = "\n\nHuman: I have a fever.\n\nAssistant: How high is it?\n\nHuman: 39 degrees.\n\nAssistant:"
@@ -132,11 +147,14 @@ def test_text_and_preference_formats():
 
 @pytest.mark.parametrize("record, problem", [
     ({"conversations": [{"from": "doctor", "value": "x"}]}, "unknown role 'doctor'"),
-    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "}]}, "empty assistant"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "},
+                        {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a"}]}, "empty assistant"),
     ({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}, "out of order"),
-    ({"conversations": [{"from": "human", "value": "q"}]}, "no assistant turn"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "observation", "value": "r"}]}, "out of order"),
     ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"},
-                        {"from": "human", "value": "q2"}]}, "ends with a user turn"),
+                        {"from": "observation", "value": "r"}]}, "out of order"),  # a result without a call
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{\"name\": "}]},
+     "not valid JSON"),
     ({"conversations": [{"from": "human"}]}, "needs keys 'from' and 'value'"),
 ])
 def test_bad_chat_records_say_what_is_wrong(record, problem):
@@ -186,7 +204,8 @@ GOOD = json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "
 @pytest.mark.parametrize("bad_line, message", [
     ('{"conversations": [', "invalid JSON"),
     (json.dumps({"conversations": [{"from": "nurse", "value": "q"}]}), "unknown role 'nurse'"),
-    (json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": ""}]}),
+    (json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": ""},
+                                   {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a"}]}),
      "empty assistant turn"),
     (json.dumps({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}),
      "out of order"),
@@ -250,3 +269,88 @@ def test_column_mapping_and_forced_format(tmp_path):
     path = _write(tmp_path, [json.dumps({"问": "发烧怎么办", "答": "多喝水"})])
     records = load_split([path], accepted=["question", "alpaca"], columns={"问": "instruction", "答": "output"})
     assert records.rows[0]["messages"][1]["content"] == "多喝水"
+
+
+# --- real-world chats (issue 17.5): unanswered last turns and answerless records never stop a run ---
+
+MULTI_TURN = [
+    {"conversations": [{"from": "human", "value": "发烧怎么办？"},
+                       {"from": "gpt", "value": "多喝水，必要时就医。"},
+                       {"from": "human", "value": "吃什么药？"}, {"from": "gpt", "value": "可以用退烧药。"}]},
+    {"conversations": [{"from": "human", "value": "头疼怎么办？"}, {"from": "gpt", "value": "先休息。"},
+                       {"from": "human", "value": "继续"}]},  # the seed's samples end like this
+    {"conversations": [{"from": "human", "value": "咳嗽"}]},  # no answer at all
+    {"conversations": [{"from": "system", "value": "你是医生。"}, {"from": "human", "value": "失眠？"},
+                       {"from": "gpt", "value": ""}]},  # an empty answer is no answer
+    {"conversations": [{"from": "human", "value": "腹泻怎么办？"}, {"from": "gpt", "value": "补液。"},
+                       {"from": "human", "value": "还有呢？"}, {"from": "human", "value": "继续"}]},
+]
+
+
+def test_multi_turn_sharegpt_with_unanswered_turns_trains_and_reports_counts(tmp_path, capsys):
+    from conftest import train_in_process
+    from medgpt.tools.inspect import main as inspect_main
+
+    data = _write(tmp_path, [json.dumps(r, ensure_ascii=False) for r in MULTI_TURN])
+    overrides = [f"data.train_files=[{data}]", "data.eval_split=0"]
+    run_dir, metrics = train_in_process(tmp_path, *overrides, "stage.args.max_steps=1")
+    assert metrics["status"] == "completed" and metrics["train_records"] == 3
+    assert metrics["trimmed_trailing_turns"] == 2 and metrics["dropped_no_answer"] == 2
+    assert json.loads((run_dir / "metrics.json").read_text())["dropped_no_answer"] == 2
+    stats = inspect_main(["inspect", *overrides])
+    assert stats["cleaned"] == {"trimmed_trailing_turns": 2, "dropped_no_answer": 2}
+    assert "cleaned        {'trimmed_trailing_turns': 2, 'dropped_no_answer': 2}" in capsys.readouterr().out
+
+
+def test_malformed_chat_still_stops_unless_skipped(tmp_path):
+    from medgpt.data import load_data
+    from conftest import compose
+    from medgpt.errors import DataError
+
+    out_of_order = {"conversations": [{"from": "human", "value": "q"}, {"from": "human", "value": "q2"},
+                                      {"from": "gpt", "value": "a"}]}
+    data = _write(tmp_path, [json.dumps(r, ensure_ascii=False) for r in MULTI_TURN + [out_of_order]])
+    cfg = compose(f"data.train_files=[{data}]", "data.eval_split=0")
+    with pytest.raises(DataError, match=f"{data}:6: turn 2 is 'user' but an assistant turn was expected"):
+        load_data(cfg.data, cfg.stage)
+    skipping = compose(f"data.train_files=[{data}]", "data.eval_split=0", "data.on_bad_record=skip")
+    train, _ = load_data(skipping.data, skipping.stage)
+    assert len(train.rows) == 3 and sum(train.skipped.values()) == 1 and train.cleaned["dropped_no_answer"] == 2
+
+
+def test_eval_split_that_loses_every_pair_does_not_kill_the_run(tmp_path, caplog):
+    """stage=rm: the one eval pair is longer than max_length; the train split is fine, so the run trains without
+    evaluation and says which split lost how many."""
+    import logging
+
+    from conftest import train_in_process
+
+    pair = {"prompt": "Is fever dangerous?", "chosen": "Often not; rest and drink.", "rejected": "Always."}
+    train = _write(tmp_path, [json.dumps(dict(pair, rejected=f"Always {i}.")) for i in range(4)], "train.jsonl")
+    long = _write(tmp_path, [json.dumps(dict(pair, prompt="fever " * 200))], "eval.jsonl")
+    with caplog.at_level(logging.WARNING):
+        _, metrics = train_in_process(tmp_path, "stage=rm", f"data.train_files=[{train}]",
+                                      f"data.eval_files=[{long}]", "stage.args.max_length=64",
+                                      "stage.args.max_steps=1", "stage.args.eval_strategy=steps",
+                                      "stage.args.eval_steps=1")
+    assert metrics["status"] == "completed" and metrics["global_step"] == 1 and "eval_loss" not in metrics
+    assert metrics["eval_skipped"].startswith("eval split: all 1 record(s) were dropped (1 longer than max_length")
+    assert "training without evaluation" in caplog.text
+    assert "no eval data left: stage.args.eval_strategy=no for this run" in caplog.text  # else the trainer refuses
+
+
+def test_reasoning_content_is_kept_through_every_chat_and_preference_format():
+    think = "Fever with a stiff neck needs ruling out meningitis."
+    sharegpt = convert("sharegpt", {"conversations": [{"from": "human", "value": "q"},
+                                                      {"from": "gpt", "value": "a", "reasoning_content": think}]})
+    messages = convert("messages", {"messages": [{"role": "user", "content": "q"},
+                                                 {"role": "assistant", "content": "a", "reasoning": think}]})
+    alpaca = convert("alpaca", {"instruction": "q", "output": "a", "reasoning_content": think})
+    for row in (sharegpt, messages, alpaca):
+        assert row["messages"][-1] == {"role": "assistant", "content": "a", "reasoning_content": think}
+    pair = convert("trl_preference", {"prompt": "q", "rejected": "b", "chosen": [
+        {"role": "assistant", "content": "a", "reasoning_content": think}]})
+    assert pair["chosen"] == [{"role": "assistant", "content": "a", "reasoning_content": think}]
+    inline = convert("sharegpt", {"conversations": [{"from": "human", "value": "q"},
+                                                    {"from": "gpt", "value": f"<think>{think}</think>a"}]})
+    assert inline["messages"][-1]["content"] == f"<think>{think}</think>a"  # the template splits it

@@ -118,12 +118,15 @@ def test_pair_stages_prepare_at_the_resolved_max_length(tiny_tokenizer):
     cfg = compose("stage=rm", f"stage.args.max_length={longest - 1}")
     _, counts = rm.prepare(rows, tiny_tokenizer, cfg, resolve(cfg, CPU))
     assert counts["dropped_overlong"] > 0  # the pairs over the resolved length are counted
-    cfg = compose("stage=dpo", "stage.args.max_length=4")
-    with pytest.raises(UserError, match="stage.args.max_length=4 tokens long.*raise stage.args.max_length"):
-        dpo.prepare(rows, tiny_tokenizer, cfg, resolve(cfg, CPU))
-    cfg = compose("stage=dpo", "~stage.args.max_length", "data.max_length=4")
+    from medgpt.data.cache import prepare_split  # a train split left empty stops the run (medgpt.data.cache)
+
+    cfg = compose("stage=dpo", "stage.args.max_length=4", "data.cache=false")
+    with pytest.raises(UserError, match="the prompt alone fills max_length; stage.args.max_length=4.*raise "
+                                        "stage.args.max_length"):
+        prepare_split("train", dpo, rows, tiny_tokenizer, cfg, resolve(cfg, CPU))
+    cfg = compose("stage=dpo", "~stage.args.max_length", "data.max_length=4", "data.cache=false")
     with pytest.raises(UserError, match="raise data.max_length"):  # the message names the key that set it
-        dpo.prepare(rows, tiny_tokenizer, cfg, resolve(cfg, CPU))
+        prepare_split("train", dpo, rows, tiny_tokenizer, cfg, resolve(cfg, CPU))
 
 
 def test_estimate_uses_the_resolved_max_length_and_batch():

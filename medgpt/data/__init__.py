@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from medgpt.data.loading import Records, expand_files, load_split
+from medgpt.data.loading import MAX_RECORD_MB, Records, expand_files, load_split
 from medgpt.data.mix import mix_records
 from medgpt.errors import UserError
 
@@ -30,7 +30,8 @@ def source_options(data_cfg, stage_cfg) -> dict:
     hub = (data_cfg.hub_name, data_cfg.hub_subset, data_cfg.hub_split, data_files) if data_cfg.hub_name else None
     return dict(accepted=list(stage_cfg.formats), data_format=data_cfg.format, columns=dict(data_cfg.columns),
                 on_bad_record=data_cfg.on_bad_record, system_prompt=data_cfg.system_prompt,
-                stage=f"stage={stage_cfg.name}", hub=hub, max_samples=data_cfg.max_samples)
+                stage=f"stage={stage_cfg.name}", hub=hub, max_samples=data_cfg.max_samples,
+                max_record_mb=data_cfg.get("max_record_mb") or MAX_RECORD_MB)
 
 
 def load_train(data_cfg, stage_cfg, seed: int = 0) -> Records:

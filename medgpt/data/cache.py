@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from medgpt.config import RunSettings
 from medgpt.data import tokenize
+from medgpt.errors import UserError
 
 log = logging.getLogger(__name__)
 CACHE_ENV = "MEDGPT_DATA_CACHE"
@@ -71,6 +72,7 @@ def cache_key(stage, rows: List[dict], tokenizer, cfg, settings: RunSettings) ->
         "max_length": settings.max_length, "overlong": cfg.data.overlong,
         "block_size": cfg.data.block_size, "args": {k: v for k, v in args.items() if "length" in k},
         "num_proc": cfg.data.num_proc or 1,  # pt packs each worker's share separately
+        "chat_template_kwargs": tokenize.template_kwargs(settings),
     }
     h = hashlib.sha256()
     for part in (rows_fingerprint(rows), tokenizer_fingerprint(tokenizer),
@@ -99,7 +101,7 @@ def cached_prepare(stage, rows: List[dict], tokenizer, cfg, settings: RunSetting
             return load_from_disk(str(entry / "dataset")), {**counts, "data_cache": "hit"}
         start = time.time()
         dataset, counts = prepare_parallel(stage, rows, tokenizer, cfg, settings)
-        if not hasattr(dataset, "save_to_disk"):  # a stage that returns something else than a datasets.Dataset
+        if not hasattr(dataset, "save_to_disk") or len(dataset) == 0:  # not a datasets.Dataset, or nothing left
             return dataset, {**counts, "data_cache": "off"}
         tmp = root / f"{key}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -114,24 +116,76 @@ def cached_prepare(stage, rows: List[dict], tokenizer, cfg, settings: RunSetting
 
 def prepare_parallel(stage, rows: List[dict], tokenizer, cfg, settings: RunSettings) -> Tuple[object, Counter]:
     """stage.prepare over data.num_proc contiguous shards in worker processes, concatenated in order.
-    (pt: each shard packs its own blocks, so at most num_proc short tails are dropped instead of one.)"""
+    (pt: each shard packs its own blocks, so at most num_proc short tails are dropped instead of one.)
+    The workers are forked: they inherit the records, tokenizer and config (_JOB) instead of receiving them pickled
+    (a 150k-token vocabulary per shard cost more than the tokenization of a few thousand records)."""
+    global _JOB
     workers = cfg.data.num_proc or 1
     if workers <= 1 or len(rows) < 2 * workers:
         return stage.prepare(rows, tokenizer, cfg, settings)
     from datasets import concatenate_datasets
 
     size = -(-len(rows) // workers)
-    shards = [rows[i:i + size] for i in range(0, len(rows), size)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        results = list(pool.map(_prepare_shard, [stage.__name__] * len(shards), shards,
-                                [tokenizer] * len(shards), [cfg] * len(shards), [settings] * len(shards)))
+    _JOB = (stage, [rows[i:i + size] for i in range(0, len(rows), size)], tokenizer, cfg, settings)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_prepare_shard, range(len(_JOB[1]))))
+    finally:
+        _JOB = None
     counts: Counter = Counter()
     for _, shard_counts in results:
         counts.update(shard_counts)
     return concatenate_datasets([dataset for dataset, _ in results]), counts
 
 
-def _prepare_shard(module_name: str, rows: List[dict], tokenizer, cfg, settings: RunSettings):
-    import importlib
+_JOB = None  # (stage, shards, tokenizer, cfg, settings) of the running prepare_parallel, inherited by its workers
 
-    return importlib.import_module(module_name).prepare(rows, tokenizer, cfg, settings)
+
+def _prepare_shard(index: int):
+    stage, shards, tokenizer, cfg, settings = _JOB
+    return stage.prepare(shards[index], tokenizer, cfg, settings)
+
+
+DROPPED = {"dropped_overlong": "longer than max_length", "dropped_no_loss": "no answer token left after truncation",
+           "dropped_long_prompt": "the prompt alone fills max_length"}
+
+
+def prepare_split(split: str, stage, rows: List[dict], tokenizer, cfg, settings: RunSettings) -> Tuple[object, dict]:
+    """cached_prepare for one split. A train split with no sample left stops the run before the model loads (never a
+    0-step "completed" run); an eval split that loses every sample (too long, no loss, or its own data problem) is
+    dropped with a warning naming the split and the number, and the run trains without evaluation (None)."""
+    try:
+        dataset, counts = cached_prepare(stage, rows, tokenizer, cfg, settings)
+    except UserError as e:
+        if split == "train":
+            raise
+        log.warning("%s split: %s; training without evaluation", split, e)
+        without_evaluation(cfg)
+        return None, {"eval_skipped": str(e)}
+    if not hasattr(dataset, "__len__") or len(dataset) > 0:
+        return dataset, counts
+    key = settings.source("max_length")
+    reasons = ", ".join(f"{counts[k]} {why}" for k, why in DROPPED.items() if counts.get(k)) or "no loss left"
+    problem = (f"{split} split: all {len(rows)} record(s) were dropped ({reasons}; {key}={settings.max_length}, "
+               f"data.overlong={cfg.data.overlong})")
+    fix = f"raise {key}, or shorten the records"
+    if split == "train":
+        raise UserError(f"{problem}: nothing to train on. Fix: {fix}")
+    log.warning("%s; training without evaluation. To evaluate: %s", problem, fix)
+    without_evaluation(cfg)
+    return None, {**counts, "eval_skipped": problem}
+
+
+def without_evaluation(cfg) -> None:
+    """The trainer refuses eval_strategy=steps|epoch (and load_best_model_at_end) without eval data: once the eval
+    split is gone, those stage.args are turned off for this run (with a warning), so the run still trains."""
+    from omegaconf import open_dict
+
+    args = cfg.stage.args
+    changed = {k: v for k, v in (("eval_strategy", "no"), ("load_best_model_at_end", False))
+               if args.get(k) not in (None, v)}
+    if changed:
+        log.warning("no eval data left: %s for this run", ", ".join(f"stage.args.{k}={v}" for k, v in changed.items()))
+        with open_dict(args):
+            for key, value in changed.items():
+                args[key] = value

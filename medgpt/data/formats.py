@@ -1,10 +1,14 @@
 """Pure converters: one source record (a dict) -> one normalised record, or a RecordError saying why not.
 
 Normalised kinds (what stages consume):
-    chat        {"messages": [{"role", "content"}, ...]}                    sft, eval
+    chat        {"messages": [{"role", "content"}, ...], "tools"?: [...]}   sft, eval
     text        {"text": str}                                               pt
-    preference  {"prompt": [msgs], "chosen": [msg], "rejected": [msg]}      rm, dpo, orpo, simpo, kto
-    unpaired    {"prompt": [msgs], "completion": [msg], "label": bool}      kto
+    preference  {"prompt": [msgs], "chosen": [msg], "rejected": [msg], "tools"?}   rm, dpo, orpo, simpo, kto
+    unpaired    {"prompt": [msgs], "completion": [msg], "label": bool, "tools"?}   kto
+
+Messages are HF chat messages: {"role": system|user|assistant|tool, "content": str, "reasoning_content"?: str,
+"tool_calls"?: [{"type": "function", "function": {"name": str, "arguments": dict}}]}; "tools" is a list of
+{"type": "function", "function": <JSON schema>}, rendered by apply_chat_template(messages, tools=tools).
     prompt      {"prompt": [msgs], "answer": str | None}                    grpo, ppo, eval (QA)
     mcq         {"question": str, "options": {"A": str, ...}, "answer": "C"}  eval
 
@@ -12,6 +16,7 @@ Normalised kinds (what stages consume):
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, List, Optional
@@ -30,11 +35,19 @@ ROLE_SYNONYMS = {
     "human": "user", "user": "user", "question": "user", "instruction": "user",
     "gpt": "assistant", "assistant": "assistant", "bot": "assistant", "chatgpt": "assistant",
     "model": "assistant", "response": "assistant",
-    "function_call": "function_call", "observation": "observation", "tool": "observation",
+    "function_call": "function_call", "observation": "observation", "tool": "observation", "function": "observation",
 }
-# Turns that answer / ask: tool calls sit on the assistant side, tool results on the user side.
+# Source roles that answer / ask: a tool call (MedicalGPT's function_call turn) is the assistant's, a tool result
+# (observation) the user side's. In normalised messages they become HF's assistant `tool_calls` and role "tool".
 ASSISTANT_SIDE = {"assistant", "function_call"}
 USER_SIDE = {"user", "observation"}
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # a turn's reasoning, under any of these names
+TOOL_CALL_EXAMPLE = '{"name": "<function>", "arguments": {"<parameter>": "<value>"}}'
+TOOLS_EXAMPLE = '[{"name": "<function>", "description": "...", "parameters": {"type": "object", "properties": {}}}]'
+
+
+class Unanswered(RecordError):
+    """A conversation with no assistant answer at all: dropped and counted (never fatal)."""
 
 
 def _text(value, what: str) -> str:
@@ -44,52 +57,195 @@ def _text(value, what: str) -> str:
     return value
 
 
-def check_turns(messages: List[dict], need_assistant_last: bool = True) -> List[dict]:
-    """Roles alternate user-side / assistant-side after an optional leading system turn."""
+def _json(value, what: str, example: str):
+    """A JSON string (or an already parsed value) -> the value; invalid JSON is a RecordError naming `what`."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{what} is not valid JSON ({e.msg} at column {e.colno})",
+                          f"write {what} as JSON, e.g. {example}") from None
+
+
+def parse_tools(value) -> Optional[List[dict]]:
+    """A record's `tools` (a JSON string or a list; MedicalGPT/LLaMA-Factory bare functions or OpenAI
+    {"type": "function", "function": {...}} entries) -> HF's list of {"type": "function", "function": schema}."""
+    if value is None or value == "" or value == []:
+        return None
+    tools = _json(value, "'tools'", TOOLS_EXAMPLE)
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not isinstance(tools, list):
+        raise RecordError(f"'tools' must be a list of function schemas, got {type(tools).__name__}",
+                          f"write 'tools' as {TOOLS_EXAMPLE}")
+    out = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else tool
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise RecordError(f"tool {i + 1} of 'tools' has no function name",
+                              f"write 'tools' as {TOOLS_EXAMPLE}")
+        out.append({"type": "function", "function": function})
+    return out or None
+
+
+def parse_tool_calls(value, what: str) -> List[dict]:
+    """A tool call (MedicalGPT's function_call value: {"name", "arguments"}, a JSON string of it, a list of them, or
+    OpenAI's {"type": "function", "function": {"name", "arguments": "<JSON>"}}) -> HF tool_calls, arguments a dict."""
+    calls = _json(value, what, TOOL_CALL_EXAMPLE)
+    calls = calls if isinstance(calls, list) else [calls]
+    out = []
+    for call in calls:
+        if not isinstance(call, dict):
+            raise RecordError(f"{what} must be a JSON object, got {type(call).__name__}",
+                              f"write it as {TOOL_CALL_EXAMPLE}")
+        function = call.get("function") if isinstance(call.get("function"), dict) else call
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise RecordError(f"{what} has no function name", f"write it as {TOOL_CALL_EXAMPLE}")
+        arguments = function.get("arguments", function.get("parameters", {}))
+        arguments = _json(arguments, f"the arguments of {what}", TOOL_CALL_EXAMPLE)
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise RecordError(f"the arguments of {what} must be a JSON object, got {type(arguments).__name__}",
+                              f"write it as {TOOL_CALL_EXAMPLE}")
+        entry = {"type": "function", "function": {"name": name, "arguments": arguments}}
+        if isinstance(call.get("id"), str):
+            entry["id"] = call["id"]
+        out.append(entry)
+    if not out:
+        raise RecordError(f"{what} holds no call", f"write it as {TOOL_CALL_EXAMPLE}")
+    return out
+
+
+def _reasoning(turn: dict, what: str) -> Optional[str]:
+    for key in REASONING_KEYS:
+        if turn.get(key) is not None:
+            value = _text(turn[key], f"{what} '{key}'")
+            return value if value.strip() else None
+    return None
+
+
+def _content(value, what: str) -> str:
+    """A turn's text: a string, or OpenAI's list of content parts ({"type": "text", "text": ...}) joined."""
+    if isinstance(value, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in value):
+        return "".join(p["text"] for p in value)
+    return _text(value, what)
+
+
+def check_turns(messages: List[dict], need_assistant_last: bool = False, prompt: bool = False) -> List[dict]:
+    """Turn order: an optional leading system turn, then user first; a user turn is answered by the assistant; a tool
+    result follows an assistant turn with tool calls (or another tool result) and is followed by the assistant.
+    An empty assistant turn before a real answer is malformed; one at the end counts as no answer (see `answered`).
+    After the last answer (cut by `answered`), user turns may follow each other, except in a prompt (prompt=True).
+    need_assistant_last: also require the conversation to end with an answer (raises Unanswered).
+    prompt: a prompt (preference, GRPO, KTO): every assistant turn in it must have text."""
     if not messages:
         raise RecordError("the conversation is empty", "add at least one user and one assistant turn")
     body = messages[1:] if messages[0]["role"] == "system" else messages
     if any(m["role"] == "system" for m in body):
         raise RecordError("a system turn appears after the first turn", "put the system prompt first, once")
-    expected = USER_SIDE
+    last_answer = max((i for i, m in enumerate(body) if _is_answer(m)), default=-1)
+    previous = None
     for i, m in enumerate(body):
-        if m["role"] not in expected:
-            want = "user/observation" if expected is USER_SIDE else "assistant/function_call"
-            raise RecordError(f"turn {i + 1} is '{m['role']}' but a {want} turn was expected (turns out of order)",
-                              "alternate user and assistant turns, starting with the user")
-        if m["role"] in ASSISTANT_SIDE and not m["content"].strip():
-            raise RecordError(f"turn {i + 1} is an empty {m['role']} turn", "give every assistant turn some text")
-        expected = ASSISTANT_SIDE if expected is USER_SIDE else USER_SIDE
+        role = m["role"]
+        if previous is None or previous["role"] == "user":
+            allowed = ("user",) if previous is None else ("assistant",)
+        elif previous["role"] == "assistant":
+            allowed = ("user", "tool") if previous.get("tool_calls") else ("user",)
+        else:  # after a tool result: more results, or the assistant
+            allowed = ("tool", "assistant")
+        if i > last_answer and not prompt and previous is not None and previous["role"] == "user":
+            allowed = ("assistant", "user")  # "...?" then "继续" after the last answer: cut by `answered`
+        if role not in allowed:
+            want = " or ".join(allowed)
+            raise RecordError(f"turn {i + 1} is '{role}' but {'an' if want[0] == 'a' else 'a'} {want} turn was "
+                              f"expected (turns out of order)",
+                              "alternate user and assistant turns, starting with the user; tool results follow "
+                              "the assistant's tool call")
+        if role == "assistant" and not _is_answer(m) and (i < last_answer or prompt):
+            raise RecordError(f"turn {i + 1} is an empty assistant turn", "give every assistant turn some text")
+        previous = m
     if need_assistant_last:
-        if not any(m["role"] in ASSISTANT_SIDE for m in body):
-            raise RecordError("the conversation has no assistant turn", "add the assistant's answer")
-        if body[-1]["role"] not in ASSISTANT_SIDE:
-            raise RecordError("the conversation ends with a user turn", "end with the assistant's answer")
+        answered(messages)
     return messages
 
 
+def _is_answer(message: dict) -> bool:
+    return message["role"] == "assistant" and bool(message.get("tool_calls") or message["content"].strip())
+
+
+def answered(messages: List[dict]) -> tuple:
+    """(messages without trailing unanswered turns, how many turns were trimmed). A conversation that has no answer
+    at all raises Unanswered: such records are dropped and counted, as the seed and LLaMA-Factory train on such data."""
+    end = len(messages)
+    while end and not _is_answer(messages[end - 1]):
+        end -= 1
+    if end == 0:
+        raise Unanswered("the conversation has no assistant answer", "add the assistant's answer")
+    return messages[:end], len(messages) - end
+
+
 def _turns(items, role_key: str, content_key: str, what: str) -> List[dict]:
+    """Source turns -> HF messages: {"role", "content", "reasoning_content"?, "tool_calls"?}; a function_call turn
+    becomes an assistant turn with tool_calls, an observation/tool turn role "tool"."""
     if not isinstance(items, list):
         raise RecordError(f"'{what}' must be a list of turns", f"write '{what}' as a JSON list")
     out = []
     for i, turn in enumerate(items):
-        if not isinstance(turn, dict) or role_key not in turn or content_key not in turn:
+        calls = turn.get("tool_calls") if isinstance(turn, dict) else None
+        if not calls and isinstance(turn, dict) and isinstance(turn.get("function_call"), dict):
+            calls = [turn["function_call"]]  # OpenAI's older single `function_call` field
+        if not isinstance(turn, dict) or role_key not in turn or (content_key not in turn and not calls):
             raise RecordError(f"turn {i + 1} of '{what}' needs keys '{role_key}' and '{content_key}'",
                               f"write each turn as {{\"{role_key}\": ..., \"{content_key}\": ...}}")
         role = ROLE_SYNONYMS.get(str(turn[role_key]).strip().lower())
         if role is None:
             raise RecordError(f"turn {i + 1} has unknown role '{turn[role_key]}'",
                               f"use one of: {', '.join(sorted(ROLE_SYNONYMS))}")
-        out.append({"role": role, "content": _text(turn[content_key], f"turn {i + 1} '{content_key}'")})
+        where = f"turn {i + 1} '{content_key}'"
+        content = turn.get(content_key)
+        if role == "function_call":
+            message = {"role": "assistant", "content": "",
+                       "tool_calls": parse_tool_calls(content, f"the function_call of turn {i + 1}")}
+        else:
+            content = "" if content is None and calls and role == "assistant" else _content(content, where)
+            message = {"role": "tool" if role == "observation" else role, "content": content}
+            if calls:
+                if role != "assistant":
+                    raise RecordError(f"turn {i + 1} is '{turn[role_key]}' but has tool_calls",
+                                      "only assistant turns call tools")
+                message["tool_calls"] = parse_tool_calls(calls, f"the tool_calls of turn {i + 1}")
+            for key in ("tool_call_id", "name"):
+                if message["role"] == "tool" and isinstance(turn.get(key), str):
+                    message[key] = turn[key]
+        reasoning = _reasoning(turn, f"turn {i + 1}") if message["role"] == "assistant" else None
+        if reasoning is not None:
+            message["reasoning_content"] = reasoning
+        out.append(message)
     return out
 
 
+def _with_tools(row: dict, r: dict) -> dict:
+    """Adds the record's tool definitions (`tools`) to a normalised row, when it has some."""
+    tools = parse_tools(r.get("tools"))
+    if tools:
+        row["tools"] = tools
+    return row
+
+
 def sharegpt(r: dict) -> dict:
-    return {"messages": check_turns(_system(r) + _turns(r["conversations"], "from", "value", "conversations"))}
+    """ShareGPT turns (MedicalGPT's SFT format), with MedicalGPT v2.6's function_call / observation turns and the
+    record's `tools` (a JSON string or list of function schemas)."""
+    messages = check_turns(_system(r) + _turns(r["conversations"], "from", "value", "conversations"))
+    return _with_tools({"messages": messages}, r)
 
 
 def openai_messages(r: dict) -> dict:
-    return {"messages": check_turns(_system(r) + _turns(r["messages"], "role", "content", "messages"))}
+    """OpenAI / HF messages: assistant `tool_calls`, `role: "tool"` results, `reasoning_content`, and `tools`."""
+    messages = check_turns(_system(r) + _turns(r["messages"], "role", "content", "messages"))
+    return _with_tools({"messages": messages}, r)
 
 
 def _system(r: dict) -> List[dict]:
@@ -112,9 +268,12 @@ def alpaca(r: dict) -> dict:
     question = _text(r["instruction"], "instruction")
     if r.get("input"):
         question = f"{question}\n{_text(r['input'], 'input')}"
-    messages = _system(r) + _history(r) + [{"role": "user", "content": question},
-                                           {"role": "assistant", "content": _text(r["output"], "output")}]
-    return {"messages": check_turns(messages)}
+    answer = {"role": "assistant", "content": _text(r["output"], "output")}
+    reasoning = _reasoning(r, "the record")
+    if reasoning is not None:
+        answer["reasoning_content"] = reasoning
+    messages = _system(r) + _history(r) + [{"role": "user", "content": question}, answer]
+    return _with_tools({"messages": check_turns(messages)}, r)
 
 
 def _dialogue(text: str, speaker: re.Pattern, roles: Dict[str, str], what: str, fix: str) -> List[dict]:
@@ -190,26 +349,35 @@ def text(r: dict) -> dict:
 
 
 def _answer(value, what: str) -> List[dict]:
-    if isinstance(value, list):  # TRL's conversational form: [{"role": "assistant", "content": ...}]
-        msgs = _turns(value, "role", "content", what)
+    """One assistant answer: a string, TRL's conversational [{"role": "assistant", "content": ...}], or one ShareGPT
+    turn {"from": "gpt" | "function_call", "value": ...} (a tool call as the answer); reasoning_content kept."""
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list):
+        keys = ("from", "value") if value and isinstance(value[0], dict) and "from" in value[0] else ("role", "content")
+        msgs = _turns(value, *keys, what)
         if len(msgs) != 1 or msgs[0]["role"] != "assistant":
             raise RecordError(f"'{what}' must be one assistant turn", f"write '{what}' as a string")
-        content = msgs[0]["content"]
+        message = msgs[0]
     else:
-        content = _text(value, what)
-    if not content.strip():
+        message = {"role": "assistant", "content": _text(value, what)}
+    if not _is_answer(message):
         raise RecordError(f"'{what}' is empty", f"give '{what}' text")
-    return [{"role": "assistant", "content": content}]
+    return [message]
 
 
 def _pair(prompt: List[dict], chosen, rejected) -> dict:
-    check_turns(prompt, need_assistant_last=False)
-    if prompt[-1]["role"] not in USER_SIDE:
+    check_turns(prompt, prompt=True)
+    if prompt[-1]["role"] not in ("user", "tool"):
         raise RecordError("the prompt must end with a user turn", "end the prompt with the question")
     chosen, rejected = _answer(chosen, "chosen"), _answer(rejected, "rejected")
-    if chosen[0]["content"].strip() == rejected[0]["content"].strip():
+    if _same(chosen[0], rejected[0]):
         raise RecordError("chosen and rejected are identical", "remove the pair: it teaches nothing")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return (a["content"].strip(), a.get("tool_calls")) == (b["content"].strip(), b.get("tool_calls"))
 
 
 def _prompt(value, what: str = "prompt") -> List[dict]:
@@ -222,11 +390,11 @@ def _prompt(value, what: str = "prompt") -> List[dict]:
 
 def sharegpt_preference(r: dict) -> dict:
     prompt = _system(r) + _turns(r["conversations"], "from", "value", "conversations")
-    return _pair(prompt, r["chosen"], r["rejected"])
+    return _with_tools(_pair(prompt, r["chosen"], r["rejected"]), r)
 
 
 def trl_preference(r: dict) -> dict:
-    return _pair(_system(r) + _prompt(r["prompt"]), r["chosen"], r["rejected"])
+    return _with_tools(_pair(_system(r) + _prompt(r["prompt"]), r["chosen"], r["rejected"]), r)
 
 
 def hh_preference(r: dict) -> dict:
@@ -247,15 +415,15 @@ def unpaired(r: dict) -> dict:
     if not isinstance(label, bool):
         raise RecordError(f"'label' must be true or false, got {label!r}", "write label as a JSON boolean")
     prompt = _system(r) + _prompt(r["prompt"])
-    check_turns(prompt, need_assistant_last=False)
-    return {"prompt": prompt, "completion": _answer(r["completion"], "completion"), "label": label}
+    check_turns(prompt, prompt=True)
+    return _with_tools({"prompt": prompt, "completion": _answer(r["completion"], "completion"), "label": label}, r)
 
 
 def prompt_only(r: dict) -> dict:
     question = r["prompt"] if "prompt" in r else r["question"]
     prompt = _system(r) + _prompt(question, "prompt" if "prompt" in r else "question")
     answer = r.get("answer")
-    return {"prompt": check_turns(prompt, need_assistant_last=False),
+    return {"prompt": check_turns(prompt, prompt=True),
             "answer": None if answer is None else str(answer)}
 
 

@@ -88,6 +88,8 @@ def mix_records(data_cfg, load_one: Callable[[DictConfig], Records], seed: int) 
             out.formats.update(records.formats)
         out.skipped.update(records.skipped)
         out.first_skipped += records.first_skipped
+        out.cleaned.update(records.cleaned)
+        out.first_cleaned += records.first_cleaned
     if weights[0] is not None:
         rng.shuffle(out.rows)
     log.info("data.mix: %s records per source (%s)", dict(out.sources),

@@ -16,7 +16,7 @@ from medgpt.config import RunSettings
 from medgpt.data import check_stage, source_options
 from medgpt.data.cache import cached_prepare
 from medgpt.data.loading import Records, expand_files, iter_rows, load_split
-from medgpt.data.tokenize import tokenize_chats
+from medgpt.data.tokenize import template_kwargs, tokenize_chats
 from medgpt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,13 @@ def generate_samples(cfg, tokenizer, settings: RunSettings) -> Iterator[dict]:
     else:
         for row in rows:
             columns, _ = tokenize_chats([row], tokenizer, settings.max_length, cfg.data.overlong,
-                                        settings.source("max_length"))
+                                        settings.source("max_length"), template_kwargs(settings))
             for ids, labels in zip(columns["input_ids"], columns["labels"]):
                 yield {"input_ids": ids, "labels": labels}
     if counts.skipped:
         log.warning("stream: skipped %d bad record(s): %s", sum(counts.skipped.values()), dict(counts.skipped))
+    if counts.cleaned:
+        log.warning("stream: %s", dict(counts.cleaned))
 
 
 def streaming_dataset(cfg, tokenizer, settings: RunSettings):

@@ -146,6 +146,9 @@ def resolve_path(path: str, tiny: Optional[dict] = None) -> str:
     final = final_if_run(p)
     if final:
         return str(final)
+    if p.is_file():
+        raise UserError(f"model.path={path} is a file, not a model folder; point it at the folder that holds "
+                        f"{MODEL_CONFIG} and the weights (perhaps model.path={p.parent})")
     if p.exists() and p.is_dir() and not holds_model(p):
         raise UserError(f"model.path={path} is a folder but holds no model (no {MODEL_CONFIG} or {ADAPTER_FILE}); "
                         f"point it at a run's final/ folder or a model folder")

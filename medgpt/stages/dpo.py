@@ -15,6 +15,7 @@ from collections import Counter
 
 from datasets import Dataset
 
+from medgpt.data.tokenize import template_kwargs
 from medgpt.errors import UserError
 from medgpt.modeling.load import resolve_path
 from medgpt.runs import adapter_base
@@ -26,10 +27,33 @@ CACHEABLE = False  # prepare() does more than tokenize (pairs, prompts): prepare
 REFERENCES = ("auto", "copy", "none")
 
 
-def preference_dataset(rows) -> Dataset:
-    """Normalised preference records (conversational prompt/chosen/rejected) -> the columns TRL's pair trainers eat."""
-    return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
-                              for r in rows])
+def preference_dataset(rows, settings=None, columns=("prompt", "chosen", "rejected")) -> Dataset:
+    """Normalised preference records (conversational prompt/chosen/rejected) -> the columns TRL's pair trainers eat,
+    with a record's `tools` (a JSON string, read by TRL's DPO/KTO/Reward trainers) and the run's chat_template_kwargs.
+    Messages with tool calls are stored as JSON (datasets.Json), so each call's arguments come back exactly as given
+    (Arrow structs would merge the argument keys of all records, filled with nulls)."""
+    import json
+
+    from datasets import Features, Json, List, Value
+
+    examples = [{k: r[k] for k in columns} for r in rows]
+    kwargs = template_kwargs(settings)
+    with_tools = any(r.get("tools") for r in rows)
+    for example, r in zip(examples, rows):
+        if with_tools:
+            example["tools"] = json.dumps(r["tools"], ensure_ascii=False) if r.get("tools") else None
+        if kwargs:
+            example["chat_template_kwargs"] = kwargs
+    calls = any(m.get("tool_calls") for r in rows for k in columns if isinstance(r[k], list) for m in r[k])
+    if not examples or not calls:
+        return Dataset.from_list(examples)
+    features = {k: List(Json()) if isinstance(rows[0][k], list) else Value("bool" if k == "label" else "string")
+                for k in columns}
+    if with_tools:
+        features["tools"] = Value("string")
+    if kwargs:
+        features["chat_template_kwargs"] = Json()
+    return Dataset.from_list(examples, features=Features(features))
 
 
 def dpo_loss_types():
@@ -67,17 +91,30 @@ def prepare_pairs(rows, tokenizer, cfg, settings):
     A pair whose prompt alone fills it would keep no answer token (length-normalised losses turn NaN): dropped,
     counted."""
     max_length, key = settings.max_length, settings.source("max_length")
-    kept = [r for r in rows if prompt_tokens(tokenizer, r["prompt"]) < max_length]
-    if not kept:
-        raise UserError(f"every prompt is at least {key}={max_length} tokens long, so no answer token would be "
-                        f"trained: raise {key}")
-    if len(kept) < len(rows):
+    kwargs = template_kwargs(settings)
+    kept = [r for r in rows if prompt_tokens(tokenizer, r["prompt"], r.get("tools"), **kwargs) < max_length]
+    if len(kept) < len(rows):  # none left: medgpt.data.cache.prepare_split stops (train) or drops eval
         log.warning("dropped %d pair(s) whose prompt fills %s=%s", len(rows) - len(kept), key, max_length)
-    return preference_dataset(kept), Counter(pairs=len(kept), dropped_long_prompt=len(rows) - len(kept))
+    return preference_dataset(kept, settings), Counter(pairs=len(kept), dropped_long_prompt=len(rows) - len(kept))
 
 
-def prompt_tokens(tokenizer, prompt) -> int:
-    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+def rendered_pairs(rows, tokenizer, settings):
+    """Pairs rendered to text with their tools and chat_template_kwargs, for trainers that apply the chat template
+    without them (TRL's experimental ORPO and CPO/SimPO): prompt text + the rest of each rendered conversation."""
+    from trl.data_utils import apply_chat_template
+
+    kwargs = template_kwargs(settings)
+    if not kwargs and not any(r.get("tools") for r in rows):
+        return rows
+    return [{**apply_chat_template({k: r[k] for k in ("prompt", "chosen", "rejected")}, tokenizer,
+                                   tools=r.get("tools"), **kwargs), "tools": None} for r in rows]
+
+
+def prompt_tokens(tokenizer, prompt, tools=None, **kwargs) -> int:
+    if isinstance(prompt, str):  # already rendered (rendered_pairs)
+        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    text = tokenizer.apply_chat_template(prompt, tools=tools or None, tokenize=False, add_generation_prompt=True,
+                                         **kwargs)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

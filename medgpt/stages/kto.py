@@ -6,10 +6,8 @@
 """
 from collections import Counter
 
-from datasets import Dataset
-
 from medgpt.errors import UserError
-from medgpt.stages.dpo import check_reference, reference_model
+from medgpt.stages.dpo import check_reference, preference_dataset, reference_model
 from medgpt.training.guard import guarded
 
 MODEL_KIND = "causal"
@@ -20,11 +18,12 @@ def unpaired_rows(rows):
     """Unpaired records as they are; each preference pair -> a desirable and an undesirable example."""
     out = []
     for r in rows:
+        tools = {"tools": r["tools"]} if r.get("tools") else {}
         if "completion" in r:
-            out.append({"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]})
+            out.append({"prompt": r["prompt"], "completion": r["completion"], "label": r["label"], **tools})
         else:
-            out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True})
-            out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
+            out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True, **tools})
+            out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False, **tools})
     return out
 
 
@@ -37,7 +36,7 @@ def prepare(rows, tokenizer, cfg, settings):
                         f"has {desirable} of {len(examples)} desirable")
     counts = Counter(desirable=desirable, undesirable=len(examples) - desirable,
                      split_pairs=sum("chosen" in r for r in rows))
-    return Dataset.from_list(examples), counts
+    return preference_dataset(examples, settings, columns=("prompt", "completion", "label")), counts
 
 
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):

@@ -3,11 +3,16 @@
 
     python train.py stage=orpo data=medical_dpo data.max_samples=200 stage.args.beta=0.1
 """
-from medgpt.stages.dpo import prepare_pairs as prepare  # noqa: F401  (same pairs, no reference model to check)
+from medgpt.stages.dpo import prepare_pairs, rendered_pairs
 from medgpt.training.guard import guarded
 
 MODEL_KIND = "causal"
 CACHEABLE = False  # prepare() does more than tokenize (pairs, prompts): prepared afresh each run
+
+
+def prepare(rows, tokenizer, cfg, settings):
+    """DPO's pairs (no reference model to check); rendered to text when they carry tools or template variables."""
+    return prepare_pairs(rendered_pairs(rows, tokenizer, settings), tokenizer, cfg, settings)
 
 
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):

@@ -7,7 +7,7 @@ from typing import Optional
 
 from datasets import Dataset
 
-from medgpt.data.tokenize import tokenize_chats
+from medgpt.data.tokenize import template_kwargs, tokenize_chats
 from medgpt.modeling.hardware import zero_stage
 from medgpt.training.batching import collate_without_causal_padding_mask, plan_batches
 from medgpt.training.guard import guarded
@@ -20,7 +20,7 @@ CACHEABLE = True  # prepare() only tokenizes: medgpt.data.cache may reuse its ou
 def prepare(rows, tokenizer, cfg, settings):
     """Chats -> assistant-labelled token ids of at most settings.max_length (the trainer's max_length too)."""
     columns, counts = tokenize_chats(rows, tokenizer, settings.max_length, cfg.data.overlong,
-                                     settings.source("max_length"))
+                                     settings.source("max_length"), template_kwargs(settings))
     return Dataset.from_dict(columns), counts
 
 

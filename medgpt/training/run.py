@@ -20,7 +20,7 @@ from medgpt import runs
 from medgpt.config import (RunSettings, chat_template_kwargs, check_credentials, check_trainer_args,
                            describe_conflicts, redact, resolve, resume_conflicts, to_container)
 from medgpt.data import load_data
-from medgpt.data.cache import cached_prepare
+from medgpt.data.cache import prepare_split
 from medgpt.data.streaming import streaming_datasets
 from medgpt.errors import UserError
 from medgpt.evaluation.tasks import after_train_tasks, evaluate_after_train
@@ -96,11 +96,14 @@ def prepare_datasets(cfg: DictConfig, stage, tokenizer, settings: RunSettings):
     if cfg.data.streaming:
         return streaming_datasets(cfg, stage, tokenizer, settings)
     train_records, eval_records = load_data(cfg.data, cfg.stage, seed=settings.data_seed)
-    train_dataset, counts = cached_prepare(stage, train_records.rows, tokenizer, cfg, settings)
-    eval_dataset = cached_prepare(stage, eval_records.rows, tokenizer, cfg, settings)[0] if eval_records else None
+    train_dataset, counts = prepare_split("train", stage, train_records.rows, tokenizer, cfg, settings)
+    eval_dataset, eval_counts = (prepare_split("eval", stage, eval_records.rows, tokenizer, cfg, settings)
+                                 if eval_records else (None, {}))
     report = {"train_records": len(train_records.rows), "eval_records": len(eval_records.rows) if eval_records else 0,
               "formats": dict(train_records.formats), "skipped_records": dict(train_records.skipped),
-              **{k: v for k, v in counts.items()}}
+              **train_records.cleaned, **{k: v for k, v in counts.items()}}
+    if "eval_skipped" in eval_counts:  # every eval sample dropped: the run trains without evaluation
+        report["eval_skipped"] = eval_counts["eval_skipped"]
     if train_records.sources:
         report["mix"] = dict(train_records.sources)
     if eval_records and eval_records.skipped:
