@@ -17,8 +17,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from medgpt import runs
-from medgpt.config import (CONF_DIR, check_credentials, describe_conflicts, normalize_overrides, redact,
-                           register_configs, resume_conflicts, to_container)
+from medgpt.config import (CONF_DIR, check_credentials, check_resume, normalize_overrides, redact, register_configs,
+                           to_container)
 from medgpt.errors import UserError
 
 # command -> (module:function taking argv, what it does). Imported only when run: most load torch.
@@ -64,12 +64,7 @@ def claim_run_folder(cfg: DictConfig, run_dir: Path) -> None:
     saved = run_dir / runs.CONFIG
     if saved.exists():  # read only: a refused resume leaves the run as it was
         first = OmegaConf.to_container(OmegaConf.load(saved))
-        now = redact(now)
-        refused, _changed = resume_conflicts(first, now)
-        if refused:
-            raise UserError(f"resume: {run_dir} is a run of another stage, model or hardware "
-                            f"({describe_conflicts(first, now, refused)}); resume it with its own overrides "
-                            f"(see {saved}), or start a fresh run (drop resume=)")
+        check_resume(first, redact(now), run_dir)
     runs.lock_run_folder(run_dir)
 
 

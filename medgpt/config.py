@@ -330,6 +330,17 @@ def describe_conflicts(first: dict, now: dict, keys: List[str]) -> str:
     return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:8]) + (" ..." if len(keys) > 8 else "")
 
 
+def check_resume(first: dict, now: dict, run_dir) -> List[str]:
+    """A resume of the run whose first launch's config is `first`: refused (UserError naming the differences) when
+    it would change the run's stage, model or hardware; else the other keys that changed (logged by the caller)."""
+    refused, changed = resume_conflicts(first, now)
+    if refused:
+        raise UserError(f"resume: {run_dir} is a run of another stage, model or hardware "
+                        f"({describe_conflicts(first, now, refused)}); resume it with its own overrides, or start "
+                        f"a fresh run (drop resume=)")
+    return changed
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # The run's effective settings: one resolver, one record
 

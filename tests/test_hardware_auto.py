@@ -132,3 +132,11 @@ def test_training_with_auto_writes_the_plan_into_the_run_folder(tmp_path, capsys
     assert record["machine"]["gpus"] == 0 and record["candidates"][0]["verdict"] == "chosen"
     assert "hardware=auto for tiny" in capsys.readouterr().out
     assert "name: auto-full" in (run_dir / "config.yaml").read_text()  # the config records what ran
+
+
+def test_data_inspect_plans_auto_as_the_run_would():
+    from medgpt.tools.inspect import compose as inspect_compose, inspect_data
+
+    planned = inspect_data(inspect_compose(["hardware=auto", "hardware.auto.gpus=1", "hardware.auto.memory_gb=24"]))
+    named = inspect_data(inspect_compose(["hardware=lora"]))
+    assert planned["train_records"] == named["train_records"] > 0 and planned["tokens"] == named["tokens"]

@@ -15,6 +15,8 @@ from medgpt.config import GPU_DEVICE, compose as compose_run, resolve
 from medgpt.data import load_data
 from medgpt.data.tokenize import IGNORE, chat_labels, template_kwargs
 from medgpt.errors import UserError
+from medgpt.modeling.estimate import plan as plan_hardware
+from medgpt.modeling.hardware import device_info
 from medgpt.modeling.load import load_tokenizer
 
 PERCENTILES = (50, 90, 95, 99)
@@ -89,7 +91,8 @@ def render(ids: List[int], labels: List[int], tokenizer) -> str:
 
 def inspect_data(cfg) -> Dict:
     """The data as the run would see it: its settings (resolved as on a GPU) give the max length and the split seed."""
-    settings = resolve(cfg, GPU_DEVICE)
+    auto = cfg.hardware.get("auto") is not None  # hardware=auto: planned for this machine, as the run would
+    settings = resolve(cfg, device_info() if auto else GPU_DEVICE, planner=plan_hardware)
     tokenizer = load_tokenizer(cfg.model)
     train, evaluation = load_data(cfg.data, cfg.stage, seed=settings.data_seed)
     max_length = settings.max_length

@@ -17,8 +17,8 @@ from typing import Any, Dict, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from medgpt import runs
-from medgpt.config import (RunSettings, chat_template_kwargs, check_credentials, check_trainer_args,
-                           describe_conflicts, redact, resolve, resume_conflicts, to_container)
+from medgpt.config import (RunSettings, chat_template_kwargs, check_credentials, check_resume, check_trainer_args,
+                           redact, resolve, to_container)
 from medgpt.data import load_data
 from medgpt.data.cache import prepare_split
 from medgpt.data.streaming import streaming_datasets
@@ -205,10 +205,7 @@ def set_up(cfg: DictConfig, run_dir: Path) -> Run:
     launch = runs.launch_number(run_dir) if cfg.resume else 0
     if launch and runs.is_main_process():
         first = OmegaConf.to_container(OmegaConf.load(run_dir / runs.CONFIG))
-        refused, changed = resume_conflicts(first, resolved)
-        if refused:
-            raise UserError(f"resume: {run_dir} is a run of another stage, model or hardware "
-                            f"({describe_conflicts(first, resolved, refused)}); resume it with its own overrides")
+        changed = check_resume(first, resolved, run_dir)
         if changed:
             log.warning("resuming with a config that differs from the run's first launch in: %s",
                         ", ".join(changed))
