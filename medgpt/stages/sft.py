@@ -8,10 +8,9 @@ from typing import Optional
 from datasets import Dataset
 
 from medgpt.data.tokenize import tokenize_chats
-from medgpt.modeling.hardware import zero_stage
 from medgpt.training.batching import collate_without_causal_padding_mask, plan_batches
 from medgpt.training.guard import guarded
-from medgpt.training.losses import labelled_positions_loss, supports_labelled_loss
+from medgpt.training.losses import labelled_loss_applies, labelled_positions_loss
 
 MODEL_KIND = "causal"
 CACHEABLE = True  # prepare() only tokenizes: medgpt.data.cache may reuse its output
@@ -68,10 +67,7 @@ def trainer_class():
 
 
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
-    # ZeRO-3 gathers lm_head's weight only inside its own forward call, which this loss does not make; a compiled
-    # model (stage.args.torch_compile) would run this loss's body calls uncompiled
-    labelled_loss = (supports_labelled_loss(model) and zero_stage(cfg.hardware.deepspeed) != 3
-                     and not args.torch_compile)
+    labelled_loss = labelled_loss_applies(model, cfg.hardware.deepspeed, args.torch_compile)
     return trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                            processing_class=tokenizer, callbacks=callbacks, fused_lm_head=cfg.stage.fused_lm_head,
                            labelled_loss=labelled_loss, batching=cfg.stage.batching,
