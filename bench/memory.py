@@ -159,6 +159,7 @@ def main():
     parser.add_argument("--limit-gb", type=float, default=12.0,
                         help="CPU: address-space cap of each measuring process (a shared machine must not swap or "
                              "invoke the OOM killer); a mode that needs more fails with '> limit'")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds a measuring process may run")
     parser.add_argument("--child", nargs=3, metavar=("STAGE", "MODE", "BUDGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -174,9 +175,15 @@ def main():
     for stage in args.stages.split(","):
         for budget in map(int, args.budgets.split(",")):
             for mode in args.modes.split(","):
-                out = subprocess.run([sys.executable, __file__, "--device", args.device, "--limit-gb",
-                                      str(args.limit_gb), "--child", stage, mode, str(budget)],
-                                     capture_output=True, text=True)
+                try:
+                    out = subprocess.run([sys.executable, __file__, "--device", args.device, "--limit-gb",
+                                          str(args.limit_gb), "--child", stage, mode, str(budget)],
+                                         capture_output=True, text=True, timeout=args.timeout)
+                except subprocess.TimeoutExpired:
+                    results.append({"stage": stage, "mode": mode, "budget": budget, "peak_gb": None,
+                                    "error": f"over {args.timeout:g} s"})
+                    print(json.dumps(results[-1]), flush=True)
+                    continue
                 if out.returncode:
                     tail = (out.stderr.strip().splitlines() or ["?"])[-1]
                     over = "memory" in tail.lower() or "alloc" in tail.lower()

@@ -143,3 +143,31 @@ def add_labelled_lm_head(model, metrics: tuple = ()) -> bool:
     model.medgpt_labelled_head = True
     model.forward = types.MethodType(forward, model)
     return True
+
+
+def pair_log_probs(model, input_ids, attention_mask, labels, chosen_rows: int, nll: str = "", average: bool = False):
+    """The preference-pair forward of TRL's ORPO and CPO/SimPO trainers (`concatenated_forward`) through the
+    labelled head: rows [chosen..., rejected...], `labels` = the input ids with prompt and padding at -100.
+    Returns (log-probabilities of the labelled tokens per row, summed or `average`d; the mean logit of every
+    position [rows, seq] without gradient, which is all the trainers log of the logits; the chosen rows' mean NLL
+    over the `nll` targets: "sequence" = every attended token (ORPO), "completion" = the labels (CPO), "" = 0)."""
+    inner = _unwrap(model)
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    nll_targets = torch.zeros_like(keep)
+    if nll:
+        nll_targets[:chosen_rows] = (attention_mask[:chosen_rows, 1:] == 1) if nll == "sequence" \
+            else keep[:chosen_rows]
+    scored = keep | nll_targets
+    # no last-layer skip here: the logged mean logit covers every position, prompt and padding included
+    hidden = inner.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    head = inner.lm_head
+    (per_token,) = linear_log_probs(hidden[:, :-1][scored], head.weight, head.bias, input_ids[:, 1:][scored])
+    full = per_token.new_zeros(scored.shape).masked_scatter(scored, per_token)
+    logps = (full * keep).sum(-1)
+    if average:
+        logps = logps / keep.sum(-1)
+    with torch.no_grad():  # mean over the vocabulary of h @ W.T + b = h @ mean(W) + mean(b)
+        mean_logits = (hidden @ head.weight.mean(0)).float() + (0 if head.bias is None else head.bias.float().mean())
+    nll_loss = -(full * nll_targets).sum() / nll_targets.sum().clamp(min=1) if nll else full.new_zeros(())
+    return logps, mean_logits, nll_loss
