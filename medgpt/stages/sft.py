@@ -28,8 +28,9 @@ SFT_COLUMNS = ("input_ids", "labels", "seq_lengths")  # what TRL's SFT collator 
 
 def trainer_class():
     """SFTTrainer whose training batches follow stage.batching (medgpt.training.batching), whose loss projects only
-    labelled positions (medgpt.training.losses) unless stage.fused_lm_head asks for TRL's fused head (tiled: less memory,
-    slower at moderate batch sizes, as measured in docs/performance.md), and whose losses the guard checks."""
+    labelled positions, a chunk of rows at a time (medgpt.training.losses, medgpt.training.fused_loss: no
+    full-vocabulary logits for the whole batch), unless stage.fused_lm_head asks for TRL's fused head (tiled, slower on
+    CPU, as measured in docs/performance.md), and whose losses the guard checks."""
     from torch.utils.data import DataLoader
     from trl import SFTTrainer
 
