@@ -4,7 +4,7 @@ tiny model, the same records (MedicalGPT's dpo_zh_500.jsonl, normalised by medgp
 turns a step at a time (as bench/sft_throughput.py). Prints a table and one final `name=value ...` line.
 
     OMP_NUM_THREADS=1 python bench/align_throughput.py                      # tiny Qwen3 (151,669-token vocabulary)
-    OMP_NUM_THREADS=1 python bench/align_throughput.py --model tiny         # medgpt's tiny model (4k vocabulary)
+    OMP_NUM_THREADS=1 python bench/align_throughput.py --model tiny         # medgpt's tiny model (1,024 tokens)
     OMP_NUM_THREADS=1 python bench/align_throughput.py --stages dpo --modes a_medicalgpt,b_default,b_precompute
 
 Modes:

@@ -39,8 +39,8 @@ class LinearCrossEntropy(torch.autograd.Function):
     in forward (each chunk's softmax minus the one-hot target, projected back) and scaled in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_rows: int):
-        needs_h, needs_w, needs_b = ctx.needs_input_grad[:3]
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows: int, grad_enabled: bool = True):
+        needs_h, needs_w, needs_b = (grad_enabled and need for need in ctx.needs_input_grad[:3])
         total = torch.zeros((), device=hidden.device, dtype=torch.float32)
         grad_h = torch.empty_like(hidden) if needs_h else None
         grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if needs_w else None
@@ -74,7 +74,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         grads = []
         for has, dtype in zip(ctx.has, ctx.dtypes):
             grads.append((next(saved) * grad_output).to(dtype) if has else None)
-        return grads[0], grads[1], grads[2], None, None
+        return grads[0], grads[1], grads[2], None, None, None
 
 
 def _liger():
@@ -92,7 +92,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias, targe
     (every target valid); never more than `chunk_rows` rows of logits at once (default: CHUNK_ELEMENTS logits)."""
     if hidden.is_cuda and _liger() is not None and targets.numel():
         return _liger()(hidden, weight, targets, bias=bias, reduction="sum")
-    return LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows or rows_per_chunk(weight.shape[0]))
+    return LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows or rows_per_chunk(weight.shape[0]),
+                                    torch.is_grad_enabled())  # no gradient work under torch.no_grad()
 
 
 class LinearLogProbs(torch.autograd.Function):
