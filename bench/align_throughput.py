@@ -14,6 +14,9 @@ Modes:
   TRL 1.16 patches a tiled head in, which this mode replaces back; ORPO computes full logits in TRL 1.16 too)
 - a_trl: the TRL 1.16 trainer unchanged (DPO/KTO: TRL's tiled `fused_lm_head`, every position scored on CPU)
 - b_default: medgpt's trainer (medgpt.stages.<stage>: labelled positions only through medgpt.training.fused_loss)
+- b_budget (DPO): b_default with token-budget batches of pairs (medgpt.training.batching.token_budget_batches over
+  prompt + longer answer, a budget of batch x max length per step: more short pairs, fewer long ones, seeded
+  random megabatches sorted by length), built in this script: not wired into stage=dpo (see docs/performance.md)
 - b_precompute: b_default with `precompute_ref_log_probs=true` (DPO/KTO; the reference's pass before training is
   timed separately and reported as `precompute s`)
 
@@ -155,6 +158,20 @@ def counts(inputs) -> tuple:
     return real, padded
 
 
+def token_budget_pairs(trainer, batch: int, max_length: int, steps: int) -> list:
+    """DPO batches whose padded size (pairs x longest row) fits batch x max_length, collated by the trainer's own
+    collator (bench only)."""
+    import random
+
+    from medgpt.training.batching import token_budget_batches
+
+    data = trainer.train_dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
+    lengths = [min(max_length, len(p) + max(len(c), len(r)))
+               for p, c, r in zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"])]
+    plan = token_budget_batches(lengths, batch * max_length, random.Random(0))
+    return [trainer.data_collator([data[i] for i in plan[k % len(plan)]]) for k in range(steps)]
+
+
 def prepare(stage, mode, folder, rows, batch, max_length, steps):
     import torch
 
@@ -162,7 +179,7 @@ def prepare(stage, mode, folder, rows, batch, max_length, steps):
     trainer, precompute_s = build(stage, mode, folder, rows, batch, max_length, out_dir)
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # what Trainer's loop sets before its training_step calls
-    batches = []
+    batches = token_budget_pairs(trainer, batch, max_length, steps) if mode == "b_budget" else []
     while len(batches) < steps:  # the trainer's own loader (seeded random order), repeated if it is short
         batches += list(trainer.get_train_dataloader())[:steps - len(batches)]
     trainer.model.train()
@@ -216,6 +233,7 @@ def main():
     results = []
     for stage in args.stages.split(","):
         modes = [m for m in args.modes.split(",") if m not in ("a_trl", "b_precompute") or stage in ("dpo", "kto")]
+        modes = [m for m in modes if m != "b_budget" or stage == "dpo"]
         if stage in ("orpo", "rm"):  # TRL's trainer computes full logits (ORPO) or has no LM head (RM)
             modes = [m for m in modes if m != "a_trl"]
         states = [prepare(stage, m, folder, rows, args.batch, args.max_length, args.warmup + args.steps)
