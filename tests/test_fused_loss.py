@@ -149,3 +149,16 @@ def test_preference_stages_train_the_same_with_medgpts_head(tmp_path, monkeypatc
         assert a.keys() == b.keys()
         for key in a:
             assert abs(a[key] - b[key]) < 1e-4 * max(1, abs(b[key])), (key, logged)
+
+
+def test_trls_own_head_stays_where_it_is_compact(monkeypatch):
+    """On CUDA with Triton, TRL's head already scores only labelled positions (its Triton kernels): medgpt's
+    preference trainers keep it there (not compared on a GPU yet); on CPU medgpt's head replaces it."""
+    import transformers.utils
+
+    from medgpt.training.losses import trl_head_compacts
+
+    monkeypatch.setattr(transformers.utils, "is_triton_available", lambda: True)
+    assert trl_head_compacts(torch.device("cuda")) and not trl_head_compacts(torch.device("cpu"))
+    monkeypatch.setattr(transformers.utils, "is_triton_available", lambda: False)
+    assert not trl_head_compacts(torch.device("cuda"))

@@ -48,6 +48,16 @@ def labelled_loss_applies(model, deepspeed=None, torch_compile: bool = False) ->
     return supports_labelled_loss(model) and zero_stage(deepspeed) != 3 and not torch_compile
 
 
+def trl_head_compacts(device) -> bool:
+    """Whether TRL's own fused head (`trl.add_fused_lm_head`) already scores only the labelled positions, with its
+    Triton kernels: on CUDA/XPU devices with Triton installed. Elsewhere (CPU) it scores every position, prompt and
+    padding included, and medgpt's labelled head is measured faster (bench/align_throughput.py); on such GPUs the two
+    have not been compared yet, so TRL's stays."""
+    from transformers.utils import is_triton_available
+
+    return getattr(device, "type", str(device)) in ("cuda", "xpu") and is_triton_available()
+
+
 def last_layer_position_wise(inner) -> list:
     """The last decoder layer's modules that work on each position alone and whose output at a position reaches
     only that position's final hidden state: the dense MLP and the query and output projections (Llama, Qwen,
