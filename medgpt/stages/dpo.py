@@ -20,6 +20,7 @@ from medgpt.errors import UserError
 from medgpt.modeling.load import resolve_path
 from medgpt.runs import adapter_base
 from medgpt.training.guard import guarded
+from medgpt.training.losses import add_labelled_lm_head, labelled_loss_applies, trl_head_compacts
 
 log = logging.getLogger("medgpt")
 MODEL_KIND = "causal"
@@ -149,9 +150,32 @@ def reference_model(cfg, model):
     return ref
 
 
+def labelled_head_trainer(base, metrics: tuple):
+    """`base` (a TRL trainer that patches its models with `trl.add_fused_lm_head` and reads per-token log-probs
+    through `model(..., labels=labels, fused_lm_head=True)`: DPOTrainer, KTOTrainer) whose policy and reference get
+    medgpt's labelled head instead (medgpt.training.losses.add_labelled_lm_head): the completion positions only, a
+    chunk of rows at a time, and `metrics` (what the trainer logs) computed alongside. `labelled_head=False`, and
+    devices where TRL's head is already compact (`trl_head_compacts`: CUDA with Triton), keep TRL's head. Reference
+    log-probs precomputed in `base.__init__` (precompute_ref_log_probs) come from TRL's head."""
+    class LabelledHeadTrainer(guarded(base)):
+        def __init__(self, *args, labelled_head: bool = True, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.labelled_head = False
+            if labelled_head and not trl_head_compacts(self.accelerator.device):
+                policy = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+                wanted = metrics + (("log_sum_sq_probs",) if getattr(self, "use_weighting", False) else ())
+                self.labelled_head = add_labelled_lm_head(policy, metrics=wanted)
+                if self.labelled_head and self.ref_model is not None:
+                    add_labelled_lm_head(self.accelerator.unwrap_model(self.ref_model))
+
+    LabelledHeadTrainer.__name__ = LabelledHeadTrainer.__qualname__ = f"LabelledHead{base.__name__}"
+    return LabelledHeadTrainer
+
+
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
     from trl import DPOTrainer
 
-    return guarded(DPOTrainer)(model=model, ref_model=reference_model(cfg, model), args=args,
-                               train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
-                               callbacks=callbacks)
+    trainer = labelled_head_trainer(DPOTrainer, metrics=("entropy", "mean_logits", "is_top1"))
+    return trainer(model=model, ref_model=reference_model(cfg, model), args=args, train_dataset=train_dataset,
+                   eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks,
+                   labelled_head=labelled_loss_applies(model, cfg.hardware.deepspeed, args.torch_compile))

@@ -7,8 +7,8 @@
 from collections import Counter
 
 from medgpt.errors import UserError
-from medgpt.stages.dpo import check_reference, preference_dataset, reference_model
-from medgpt.training.guard import guarded
+from medgpt.stages.dpo import check_reference, labelled_head_trainer, preference_dataset, reference_model
+from medgpt.training.losses import labelled_loss_applies
 
 MODEL_KIND = "causal"
 CACHEABLE = False  # prepare() does more than tokenize (pairs, prompts): prepared afresh each run
@@ -42,6 +42,7 @@ def prepare(rows, tokenizer, cfg, settings):
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
     from trl import KTOTrainer
 
-    return guarded(KTOTrainer)(model=model, ref_model=reference_model(cfg, model), args=args,
-                               train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
-                               callbacks=callbacks)
+    trainer = labelled_head_trainer(KTOTrainer, metrics=("entropy", "mean_logits"))  # log-probs of completions only
+    return trainer(model=model, ref_model=reference_model(cfg, model), args=args, train_dataset=train_dataset,
+                   eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks,
+                   labelled_head=labelled_loss_applies(model, cfg.hardware.deepspeed, args.torch_compile))

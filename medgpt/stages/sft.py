@@ -8,10 +8,9 @@ from typing import Optional
 from datasets import Dataset
 
 from medgpt.data.tokenize import template_kwargs, tokenize_chats
-from medgpt.modeling.hardware import zero_stage
 from medgpt.training.batching import collate_without_causal_padding_mask, plan_batches
 from medgpt.training.guard import guarded
-from medgpt.training.losses import labelled_positions_loss, supports_labelled_loss
+from medgpt.training.losses import labelled_loss_applies, labelled_positions_loss
 
 MODEL_KIND = "causal"
 CACHEABLE = True  # prepare() only tokenizes: medgpt.data.cache may reuse its output
@@ -29,8 +28,9 @@ SFT_COLUMNS = ("input_ids", "labels", "seq_lengths")  # what TRL's SFT collator 
 
 def trainer_class():
     """SFTTrainer whose training batches follow stage.batching (medgpt.training.batching), whose loss projects only
-    labelled positions (medgpt.training.losses) unless stage.fused_lm_head asks for TRL's fused head (tiled: less memory,
-    slower at moderate batch sizes, as measured in docs/performance.md), and whose losses the guard checks."""
+    labelled positions, a chunk of rows at a time (medgpt.training.losses, medgpt.training.fused_loss: no
+    full-vocabulary logits for the whole batch), unless stage.fused_lm_head asks for TRL's fused head (tiled, slower on
+    CPU, as measured in docs/performance.md), and whose losses the guard checks."""
     from torch.utils.data import DataLoader
     from trl import SFTTrainer
 
@@ -68,10 +68,7 @@ def trainer_class():
 
 
 def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
-    # ZeRO-3 gathers lm_head's weight only inside its own forward call, which this loss does not make; a compiled
-    # model (stage.args.torch_compile) would run this loss's body calls uncompiled
-    labelled_loss = (supports_labelled_loss(model) and zero_stage(cfg.hardware.deepspeed) != 3
-                     and not args.torch_compile)
+    labelled_loss = labelled_loss_applies(model, cfg.hardware.deepspeed, args.torch_compile)
     return trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                            processing_class=tokenizer, callbacks=callbacks, fused_lm_head=cfg.stage.fused_lm_head,
                            labelled_loss=labelled_loss, batching=cfg.stage.batching,
