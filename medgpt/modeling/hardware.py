@@ -151,7 +151,7 @@ def quantization_config(hw, compute_dtype=None):
     from transformers import BitsAndBytesConfig
 
     if hw.quantization == "4bit":
-        storage = {"bnb_4bit_quant_storage": compute_dtype or torch.bfloat16} if hw.get("fsdp") else {}
+        storage = {"bnb_4bit_quant_storage": compute_dtype or torch.bfloat16} if getattr(hw, "fsdp", None) else {}
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16, **storage)
     return BitsAndBytesConfig(load_in_8bit=True)

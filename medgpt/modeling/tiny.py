@@ -84,7 +84,8 @@ def tiny_path(**overrides) -> Path:
     """The cached tiny model's folder, built on first use (atomically: a half-built folder is never used)."""
     shape = {**DEFAULT_SHAPE, **{k: v for k, v in overrides.items() if v is not None}}
     texts = corpus()
-    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    # the chat template's text too: a template fixed in the code is a new tiny model, never a stale cached one
+    digest = hashlib.sha256("\n".join([*texts, load_template(shape["template"])]).encode()).hexdigest()
     final = cache_root() / "tiny" / _key(shape, digest)
     if (final / RUN_INFO).exists():
         return final
