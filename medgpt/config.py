@@ -59,7 +59,7 @@ class StageConfig:
     reference: str = "auto"  # dpo/kto: auto | copy | none (adapter-disabled reference with LoRA)
     batching: str = "token_budget"  # sft/pt batches: token_budget | group_by_length | random (medgpt.training.batching)
     tokens_per_batch: Optional[int] = None  # token_budget: padded tokens per batch (default batch size x max_length)
-    fused_lm_head: bool = False  # sft/pt: TRL's fused LM head (no full-vocabulary logits): for big batch x vocabulary
+    fused_lm_head: bool = False  # sft/pt: TRL's fused LM head instead of medgpt's chunked one (both memory-bounded)
 
 
 @dataclass

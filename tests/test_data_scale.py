@@ -241,6 +241,13 @@ def test_streaming_pt_trains_and_packs_like_the_in_memory_path(tmp_path, tiny_to
     assert metrics["tokens_seen"] == 3 * 4 * 64  # 3 steps x batch 4 x full blocks
 
 
+def test_streaming_sft_trains_with_the_default_batching(tmp_path):
+    """stage.batching=token_budget (the default) plans over a whole dataset: a streamed one is read in order."""
+    assert compose("stage=sft").stage.batching != "random"
+    _, metrics = train_in_process(tmp_path, "data.streaming=true", "data.eval_split=0", "stage.args.max_steps=2")
+    assert metrics["streaming"] is True and metrics["global_step"] == 2
+
+
 def test_streaming_without_max_steps_or_with_bad_data_fails_before_the_model(tmp_path, monkeypatch):
     import medgpt.training.run
 

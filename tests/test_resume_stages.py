@@ -26,7 +26,7 @@ STAGES = {
     "sft-lora": ("hardware=lora",),
     "sft-qlora4": ("hardware=qlora4",),
     "pt-streaming": ("stage=pt", "data.streaming=true", "data.eval_split=0"),
-    "sft-streaming": ("data.streaming=true", "data.eval_split=0", "stage.batching=random"),
+    "sft-streaming": ("data.streaming=true", "data.eval_split=0"),
     "rm": ("stage=rm",),
     "dpo": ("stage=dpo",),
     "ipo": ("stage=ipo",),

@@ -130,6 +130,16 @@ def test_inference_commands_refuse_hostile_folders(command, folder, hostile, tmp
     assert not marker.exists(), f"medgpt {command} ran the folder's code"
 
 
+@pytest.mark.parametrize("folder", ["remote_code", "pickled"])
+def test_vocab_refuses_hostile_bases(folder, hostile, tmp_path, capsys):
+    marker, folders = hostile
+    (tmp_path / "corpus.txt").write_text("头痛 发热 咳嗽\n" * 20, encoding="utf-8")
+    status, err = cli(capsys, "vocab", "--corpus", tmp_path / "corpus.txt", "--base", folders[folder],
+                      "--output", tmp_path / "out", "--vocab-size", "300")
+    assert_refused(status, err, "--allow-pickle" if folder == "pickled" else "--trust-remote-code")
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
 def test_merge_refuses_an_adapter_whose_base_needs_code_or_pickle(hostile, tmp_path, capsys):
     marker, folders = hostile
     for name, flag in (("adapter_on_code", "--trust-remote-code"), ("adapter_on_pickle", "--allow-pickle")):

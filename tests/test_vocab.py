@@ -92,9 +92,9 @@ def test_pt_with_lora_trains_embeddings_and_merge_keeps_vocab(extended, tmp_path
     assert reloaded.get_input_embeddings().weight.shape[0] == report["vocab"]
 
 
-def test_cli_refuses_a_missing_corpus(tmp_path):
+def test_cli_refuses_a_missing_corpus(tmp_path, capsys):
     from medgpt.modeling.vocab import main
 
-    with pytest.raises(SystemExit, match="no such file"):
-        main(["--corpus", str(tmp_path / "none.txt"), "--base", "tiny", "--output", str(tmp_path / "o"),
-              "--vocab-size", "100"])
+    status = main(["--corpus", str(tmp_path / "none.txt"), "--base", "tiny", "--output", str(tmp_path / "o"),
+                   "--vocab-size", "100"])
+    assert status == 2 and "no such file" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -20,8 +20,8 @@ import logging
 from pathlib import Path
 from typing import Dict, Iterable, List
 
-from medgpt.errors import UserError
-from medgpt.modeling.load import resolve_path
+from medgpt.errors import UserError, command
+from medgpt.modeling.load import LoadPolicy, check_source, hub_source, load_failure, resolve_path
 from medgpt.runs import EXTENDED_VOCAB, run_info, write_run_info
 
 log = logging.getLogger(__name__)
@@ -112,18 +112,25 @@ def tokens_per_text(tokenizer, texts: List[str]) -> float:
     return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) / len(texts)
 
 
-def extend(corpus: str, base: str, output: str, vocab_size: int) -> Dict[str, float]:
-    """The command: extend base's vocabulary from corpus and save model + tokenizer to output."""
+def extend(corpus: str, base: str, output: str, vocab_size: int,
+           policy: LoadPolicy = LoadPolicy()) -> Dict[str, float]:
+    """The command: extend base's vocabulary from corpus and save model + tokenizer to output. The base loads under
+    medgpt's loading policy (medgpt.modeling.load.LoadPolicy: its own code and pickle weights only on consent)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     texts = corpus_texts(corpus)
-    path = resolve_path(base)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    extended, new_tokens = extend_tokenizer(tokenizer, texts, vocab_size)
-    if not new_tokens:
-        raise UserError(f"--vocab-size {vocab_size}: the corpus taught no token the base lacks; raise it")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    path = hub_source(resolve_path(base), what="--base")
+    check_source(path, policy, what="--base")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=policy.trust_remote_code)
+        extended, new_tokens = extend_tokenizer(tokenizer, texts, vocab_size)
+        if not new_tokens:
+            raise UserError(f"--vocab-size {vocab_size}: the corpus taught no token the base lacks; raise it")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=policy.trust_remote_code,
+                                                     use_safetensors=None if policy.allow_pickle else True)
+    except (OSError, ValueError) as e:
+        raise load_failure(e, "--base", path, policy) from None
     resize_with_mean(model, len(extended))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,16 +144,19 @@ def extend(corpus: str, base: str, output: str, vocab_size: int) -> Dict[str, fl
     return report
 
 
+@command
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="medgpt vocab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", required=True, help="domain text: .txt lines, or JSON lines (string values used)")
     parser.add_argument("--base", required=True, help="model folder, run folder, hub id, or tiny")
     parser.add_argument("--output", required=True, help="folder for the extended model + tokenizer")
     parser.add_argument("--vocab-size", type=int, required=True, help="size of the domain BPE vocabulary to learn")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the base model's own code (auto_map) if it needs it; only for sources you trust")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load pickle (.bin) weights; unpickling can run code: only for sources you trust")
     args = parser.parse_args(argv)
-    try:
-        report = extend(args.corpus, args.base, args.output, args.vocab_size)
-    except UserError as e:
-        raise SystemExit(f"error: {e}")
+    report = extend(args.corpus, args.base, args.output, args.vocab_size,
+                    LoadPolicy(args.trust_remote_code, args.allow_pickle))
     print(json.dumps(report, indent=1, ensure_ascii=False))
     print(f"train on it: python train.py stage=pt model.path={args.output}")

@@ -3,15 +3,17 @@
     python train.py stage=sft data.train_files=[../shared/data/medicalgpt-samples/medical_sft_1K_format.jsonl]
 """
 import functools
+import logging
 from typing import Optional
 
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 
 from medgpt.data.tokenize import template_kwargs, tokenize_chats
 from medgpt.training.batching import collate_without_causal_padding_mask, plan_batches
 from medgpt.training.guard import guarded
 from medgpt.training.losses import labelled_loss_applies, labelled_positions_loss
 
+log = logging.getLogger(__name__)
 MODEL_KIND = "causal"
 CACHEABLE = True  # prepare() only tokenizes: medgpt.data.cache may reuse its output
 
@@ -40,7 +42,9 @@ def trainer_class():
             super().__init__(*args, **kwargs)
             self.fused_lm_head, self.labelled_loss = fused_lm_head, labelled_loss
             self.batch_plan = None
-            if not self.args.packing and batching != "random":  # planned on the dataset as TRL prepared it
+            if isinstance(self.train_dataset, IterableDataset) and batching != "random":
+                log.info("stage.batching=%s plans over the whole dataset; a streamed one is read in order", batching)
+            elif not self.args.packing and batching != "random":  # planned on the dataset as TRL prepared it
                 lengths = [len(ids) for ids in self.train_dataset["input_ids"]]
                 self.batch_plan = plan_batches(batching, lengths, self.args.per_device_train_batch_size,
                                                tokens_per_batch, batch_seed)
