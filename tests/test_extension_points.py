@@ -75,14 +75,24 @@ def test_medgpt_rotates_checkpoints_instead_of_the_trainer():
 
 
 def test_every_training_stage_builds_a_guarded_trainer():
-    """Each stage builds its trainer from guard.guarded(...): the guard sees every stage's raw losses."""
+    """Each stage builds its trainer from guard.guarded(...), directly or through a trainer factory that applies
+    it: the guard sees every stage's raw losses."""
+    from trl import DPOTrainer
+    from trl.experimental.orpo import ORPOTrainer
+
+    from medgpt.stages.dpo import labelled_head_trainer
+    from medgpt.stages.orpo import pair_head_trainer
     from medgpt.training.guard import GuardedTrainingStep, guarded
 
+    factories = {"labelled_head_trainer(": labelled_head_trainer(DPOTrainer, metrics=()),
+                 "pair_head_trainer(": pair_head_trainer(ORPOTrainer, nll="", average=lambda trainer: False,
+                                                         padding="padding_value", shifted_logits=True)}
+    assert all(issubclass(made, GuardedTrainingStep) for made in factories.values())
     for path in sorted((ROOT / "medgpt" / "stages").glob("*.py")):
         source = path.read_text(encoding="utf-8")
         if "def build_trainer" in source:
-            assert "guarded(" in source, f"{path.name} builds its trainer without guard.guarded"
-    from trl import DPOTrainer
+            assert any(call in source for call in ("guarded(", *factories)), \
+                f"{path.name} builds its trainer without guard.guarded"
 
     assert issubclass(guarded(DPOTrainer), GuardedTrainingStep) and guarded(guarded(DPOTrainer)).__mro__[1:3] == \
         (GuardedTrainingStep, DPOTrainer)
