@@ -157,6 +157,9 @@ DS = ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool�
       "<｜tool▁call▁end｜><｜tool▁calls▁end｜>")
 
 
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
 @pytest.mark.parametrize("text, fmt, tools, content, calls", [
     (XML, "qwen3_xml", None, "", [("find_clinic", {"zip": 75001, "days": [1, 2], "city": "巴黎"})]),  # no schema
     (XML, "qwen3_xml", [{"type": "function", "function": {"name": "find_clinic", "parameters": {
@@ -176,6 +179,8 @@ DS = ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool�
      'Example:\nf\n{"a": 1}\nthen words', [("get_weather", {"city": "巴黎"})]),  # only the trailing calls
     ('I will check.\n{"name": "get_weather", "arguments": {"city": "巴黎"}}', "chatglm3", None, "I will check.",
      [("get_weather", {"city": "巴黎"})]),
+    ('Example:\nf\n{"a": 1}', "glm4", WEATHER, 'Example:\nf\n{"a": 1}', []),  # f is not one of the tools
+    ('{"name": "f", "arguments": {}}', "chatglm3", WEATHER, '{"name": "f", "arguments": {}}', []),
 ])
 def test_new_formats_parse(text, fmt, tools, content, calls):
     got_content, got = parse_tool_calls(text, fmt, tools)
@@ -212,9 +217,11 @@ def test_new_formats_parse(text, fmt, tools, content, calls):
     ('{"arguments": {}}', "chatglm3"),
     ('{"name": "f", "arguments": {}} and some words', "chatglm3"),
     ("The set {1, 2} is small.", "chatglm3"),
+    ('The record:\n{"name": "张三", "age": 30}', "chatglm3"),  # a JSON object with a name is no call
+    ('{"name": "f", "arguments": {}}\n[[1]]', "chatglm3"),
     ("{" + "[" * 100_000, "chatglm3"),
     ('get_weather\n{"city": "巴黎"}', None),  # an unknown format never takes plain lines for a call
-])
+], ids=lambda value: value[:40] if isinstance(value, str) else str(value))
 def test_malformed_new_formats_stay_plain_content(text, fmt):
     assert parse_tool_calls(text, fmt) == (text, [])
     assert Splitter(tool_format=fmt, tools=True).split(text) == (None, text.strip(), [])

@@ -292,35 +292,40 @@ def _chatglm3_chain(text: str, start: int, decoder) -> Tuple[Optional[List[dict]
             obj, at = decoder.raw_decode(text, at)
         except (ValueError, RecursionError):  # not JSON, or nested past the parser
             return None, starts
-        call = _call(obj, ("arguments", "parameters"))
+        # a call names its arguments (a JSON object that ends an answer is no call without them)
+        named = isinstance(obj, dict) and ("arguments" in obj or "parameters" in obj)
+        call = _call(obj, ("arguments", "parameters")) if named else None
         if call is None:
             return None, starts
         calls.append(call)
     return calls, starts
 
 
-def _trailing_calls(text: str, fmt: str, chain) -> Optional[Tuple[str, List[dict]]]:
+def _trailing_calls(text: str, fmt: str, chain, tools) -> Optional[Tuple[str, List[dict]]]:
     """(content, calls) where text ends in calls from the first line start that opens a call and from which
-    the rest is all calls, or None."""
+    the rest is all calls, or None. With a tools list, every call must name one of its functions."""
     opener, decoder, tried = LINE_OPENERS[fmt][0], json.JSONDecoder(), set()
+    names = set(_parameter_types(tools)) if tools else None
     for start in _line_starts(text):
         if start in tried or not opener.match(text, start):
             continue
         calls, starts = chain(text, start, decoder)
-        if calls:
+        if calls and (names is None or all(c["function"]["name"] in names for c in calls)):
             return text[:start].strip(), calls
         tried.update(starts)  # a later start on this chain fails the same way
     return None
 
 
 def parse_glm4(text: str, tools: Optional[Sequence[dict]] = None) -> Optional[Tuple[str, List[dict]]]:
-    """GLM-4: the reply ends in calls, each `NAME` on its own line and its JSON arguments on the next."""
-    return _trailing_calls(text, "glm4", _glm4_chain)
+    """GLM-4: the reply ends in calls, each `NAME` on its own line and its JSON arguments on the next;
+    `tools` (the request's tools list): only its functions are called."""
+    return _trailing_calls(text, "glm4", _glm4_chain, tools)
 
 
 def parse_chatglm3(text: str, tools: Optional[Sequence[dict]] = None) -> Optional[Tuple[str, List[dict]]]:
-    """medgpt's ChatGLM3 template: the reply ends in calls, each a `{"name", "arguments"}` object on its line."""
-    return _trailing_calls(text, "chatglm3", _chatglm3_chain)
+    """medgpt's ChatGLM3 template: the reply ends in calls, each a `{"name", "arguments"}` object on its line;
+    `tools` (the request's tools list): only its functions are called."""
+    return _trailing_calls(text, "chatglm3", _chatglm3_chain, tools)
 
 
 PARSERS = {"hermes": parse_hermes, "qwen3_xml": parse_qwen3_xml, "deepseek_v3": parse_deepseek_v3,
@@ -330,7 +335,8 @@ PARSERS = {"hermes": parse_hermes, "qwen3_xml": parse_qwen3_xml, "deepseek_v3": 
 def parse_tool_calls(text: str, fmt: Optional[str], tools: Optional[Sequence[dict]] = None
                      ) -> Tuple[str, List[dict]]:
     """(content, tool_calls) of a reply; (text, []) when it holds no call that parses in format `fmt`
-    (None: try the formats of GUESSED). `tools`: the request's tools list (types qwen3_xml's values)."""
+    (None: try the formats of GUESSED). `tools`: the request's tools list, which types qwen3_xml's values
+    and limits glm4's and chatglm3's calls to its functions."""
     for name in ([fmt] if fmt else GUESSED):
         parsed = PARSERS[name](text, tools)
         if parsed is not None:
@@ -353,7 +359,7 @@ class Splitter:
 
     reasoning: split <think> blocks; started: the prompt already opened <think> (the reply begins inside it);
     tool_format: the format of tool calls (None: try the formats of GUESSED); tools: parse tool calls at all
-    (True, or the request's tools list, which also types qwen3_xml's values)."""
+    (True, or the request's tools list: see parse_tool_calls)."""
 
     def __init__(self, reasoning: bool = False, started: bool = False, tool_format: Optional[str] = None,
                  tools=False):
