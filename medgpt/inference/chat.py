@@ -243,7 +243,7 @@ def speak(args, replier: Replier, messages: List[dict], tools: Optional[List[dic
     generation = replier.generation(ids, max_new_tokens=replier.budget(len(ids), None,
                                                                        overrides.pop("max_new_tokens")),
                                     **overrides)
-    splitter = replier.splitter(ids, bool(tools))
+    splitter = replier.splitter(ids, tools or None)
     state = {"thinking": False, "content": []}
 
     def show(delta: dict) -> None:

@@ -225,8 +225,10 @@ class Replier:
         return Generation(self.model, self.tokenizer, ids, max_new_tokens=max_new_tokens, stop_ids=self.stop_ids,
                           stop=stop, cancel=cancel, **kwargs)
 
-    def splitter(self, ids: List[int], tools: bool) -> Splitter:
-        """Splits this prompt's reply; the prompt may already have opened <think> (then the reply starts in it)."""
+    def splitter(self, ids: List[int], tools) -> Splitter:
+        """Splits this prompt's reply; the prompt may already have opened <think> (then the reply starts in it).
+        tools: the request's tools list (its schemas type the arguments and name the callable functions), or a
+        false value for no tool parsing."""
         opened = self.reasoning and self.tokenizer.decode(ids[-6:]).rstrip().endswith(THINK_OPEN)
         return Splitter(reasoning=self.reasoning, started=opened, tool_format=self.tool_format, tools=tools)
 
@@ -236,6 +238,6 @@ class Replier:
         ids = self.render(messages, tools, template_kwargs)
         gen = self.generation(ids, max_new_tokens=self.budget(len(ids), max_tokens), stop=stop, **overrides)
         text = "".join(gen)
-        reasoning, content, calls = self.splitter(ids, bool(tools)).split(text)
+        reasoning, content, calls = self.splitter(ids, tools or None).split(text)
         return Answer(content, reasoning, calls, "tool_calls" if calls else gen.finish_reason, len(ids),
                       gen.completion_tokens)

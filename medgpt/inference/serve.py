@@ -274,7 +274,7 @@ def create_app(model, tokenizer, model_name: str, *, api_key: Optional[str] = No
         if len(stops) > 4:
             return _error(400, "stop: at most 4 sequences", "invalid_request_error", "stop")
         tools = [t.model_dump() for t in body.tools] if body.tools else None
-        parse_tools = bool(tools) and choice != "none"
+        parse_tools = tools if tools and choice != "none" else None  # the schemas: typed arguments
         messages = with_system(system, [m.for_template() for m in body.messages])
         try:
             template_kwargs = check_template_kwargs(body.chat_template_kwargs or {})
