@@ -15,8 +15,9 @@ from medgpt.modeling.templates import END_OF_TURN
 
 # official tokenizer -> the model config of its family
 FAMILY_CONFIG = {"qwen3": "qwen3-0.6b", "llama3": "llama3-8b", "llama3_1": "llama3.1-8b", "gemma3": "gemma3-1b",
-                 "deepseek_v3": "deepseek-v3"}
-TEMPLATE = {"qwen3": "qwen3", "llama3": "llama3", "llama3_1": "llama3", "gemma3": "gemma", "deepseek_v3": "deepseek3"}
+                 "deepseek_v3": "deepseek-v3", "llama2": "llama2-7b"}
+TEMPLATE = {"qwen3": "qwen3", "llama3": "llama3", "llama3_1": "llama3", "gemma3": "gemma", "deepseek_v3": "deepseek3",
+            "llama2": "llama2"}
 SHORT = ("data.max_samples=4", "data.eval_split=0", "stage.args.max_steps=1", "data.max_length=128",
          "stage.args.per_device_train_batch_size=2", "stage.args.gradient_accumulation_steps=1",
          "stage.args.save_strategy=no", "stage.args.report_to=[]")
@@ -75,14 +76,14 @@ def saved_final(run_dir, name, stage):
     assert (final / "tokenizer.json").stat().st_size > 1_000_000  # the real vocabulary, not a stand-in
 
 
-@pytest.mark.parametrize("name", ["qwen3", "llama3_1"])
+@pytest.mark.parametrize("name", sorted(FAMILY_CONFIG))
 def test_dpo_on_the_real_tokenizer(tmp_path, name):
     run_dir, metrics = train(tmp_path, name, "stage=dpo")
     assert metrics["status"] == "completed" and metrics["global_step"] == 1
     saved_final(run_dir, name, "dpo")
 
 
-@pytest.mark.parametrize("name", ["qwen3", "llama3"])
+@pytest.mark.parametrize("name", sorted(FAMILY_CONFIG))
 def test_grpo_on_the_real_tokenizer(tmp_path, name):
     run_dir, metrics = train(tmp_path, name, "stage=grpo", "stage.args.num_generations=2",
                              "stage.args.max_completion_length=4")
