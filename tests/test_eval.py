@@ -280,3 +280,27 @@ def test_compare_command_uses_the_sweep_table(untrained_eval, finetuned_run):
     # best first; the eval_after_train run's eval/mcq_accuracy lands in the same column as stage=eval's
     assert [float(r["mcq_accuracy"]) for r in table] == [after["eval/mcq_accuracy"], before["mcq_accuracy"]]
     assert table[0]["job"] == f"{after_dir.parent.name}/{after_dir.name}" and "perplexity" not in table[0]
+
+
+def test_chat_and_preference_scoring_render_the_records_tools(tiny_tokenizer, monkeypatch):
+    """Eval renders a record's tool definitions as SFT does: a perplexity or preference score conditions on them."""
+    from medgpt.config import GPU_DEVICE, resolve
+    from medgpt.evaluation import tasks as t
+
+    cfg = compose("stage=eval")
+    ctx = t.Context(cfg, resolve(cfg, GPU_DEVICE), model=None, tokenizer=tiny_tokenizer, reference=None)
+    tools = [{"type": "function", "function": {"name": "lookup_dose", "description": "剂量查询 only-in-tools",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    chat = {"messages": [{"role": "user", "content": "头痛"}, {"role": "assistant", "content": "休息"}], "tools": tools}
+    pair = {"prompt": chat["messages"][:1], "chosen": chat["messages"][1:], "tools": tools,
+            "rejected": [{"role": "assistant", "content": "不知道"}]}
+    seen = []
+    monkeypatch.setattr(t.Context, "logprobs",
+                        lambda self, examples: seen.extend(examples) or [(-1.0, 1)] * len(examples))
+    monkeypatch.setattr(t, "_reference_logprobs", lambda ctx, examples: [0.0] * len(examples))
+    monkeypatch.setattr(t, "_is_reward_model", lambda model: False)
+    t.score_perplexity(ctx, t.Task("c", "chat", "c.jsonl", [chat]))
+    t.score_preference(ctx, t.Task("p", "preference", "p.jsonl", [pair]))
+    assert len(seen) == 3 and all("only-in-tools" in tiny_tokenizer.decode(ids) for ids, _ in seen)
+    labelled = [tiny_tokenizer.decode([i for i, label in zip(ids, labels) if label != -100]) for ids, labels in seen]
+    assert "休息" in labelled[0] and "only-in-tools" not in labelled[0]  # the definitions are context, never scored

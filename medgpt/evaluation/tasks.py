@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 from medgpt.config import RunSettings
 from medgpt.data.formats import FORMATS
 from medgpt.data.loading import expand_files, load_split
-from medgpt.data.tokenize import IGNORE, chat_labels
+from medgpt.data.tokenize import IGNORE, chat_labels, template_kwargs
 from medgpt.errors import DataError, UserError
 from medgpt.evaluation import metrics as m, prompts, scoring
 from medgpt.evaluation.harness import run_lm_eval
@@ -117,15 +117,21 @@ class Context:
         eot = end_of_turn(settings.template)
         self.stop_ids = sorted({tokenizer.convert_tokens_to_ids(eot), tokenizer.eos_token_id} - {None})
         self.batch_size = cfg.eval.batch_size
+        self.template_kwargs = template_kwargs(settings)  # as at training: e.g. enable_thinking
 
-    def ids(self, messages: List[dict]) -> List[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    def ids(self, messages: List[dict], tools: Optional[List[dict]] = None) -> List[int]:
+        text = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
+                                                  tokenize=False, **self.template_kwargs)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def reply_example(self, messages: List[dict], reply: str) -> scoring.Example:
+    def labels(self, messages: List[dict], tools: Optional[List[dict]] = None):
+        """(ids, labels) of a conversation, rendered as SFT renders it: with its tool definitions."""
+        return chat_labels(self.tokenizer, messages, tools, **self.template_kwargs)
+
+    def reply_example(self, messages: List[dict], reply: str, tools: Optional[List[dict]] = None) -> scoring.Example:
         """Prompt + one assistant reply, tokenized as SFT does; labels only on that reply (and its end token)."""
-        ids, labels = chat_labels(self.tokenizer, messages + [{"role": "assistant", "content": reply}])
-        n_prompt = len(self.ids(messages))
+        ids, labels = self.labels(messages + [{"role": "assistant", "content": reply}], tools)
+        n_prompt = len(self.ids(messages, tools))
         labels = [IGNORE] * n_prompt + labels[n_prompt:]
         return self.fit(ids, labels)
 
@@ -184,7 +190,7 @@ def score_qa(ctx: Context, task: Task):
 
 def score_perplexity(ctx: Context, task: Task):
     if task.kind == "chat":
-        examples = [ctx.fit(*chat_labels(ctx.tokenizer, row["messages"])) for row in task.rows]
+        examples = [ctx.fit(*ctx.labels(row["messages"], row.get("tools"))) for row in task.rows]
     else:
         examples = []
         for row in task.rows:
@@ -200,11 +206,11 @@ def score_perplexity(ctx: Context, task: Task):
 
 def score_preference(ctx: Context, task: Task):
     if _is_reward_model(ctx.model):
-        seqs = [chat_labels(ctx.tokenizer, row["prompt"] + row[side])[0][-ctx.max_length:]
+        seqs = [ctx.labels(row["prompt"] + row[side], row.get("tools"))[0][-ctx.max_length:]
                 for row in task.rows for side in ("chosen", "rejected")]
         rewards = scoring.reward_scores(ctx.model, seqs, ctx.pad_id, ctx.batch_size)
     else:
-        examples = [ctx.reply_example(row["prompt"], row[side][0]["content"])
+        examples = [ctx.reply_example(row["prompt"], row[side][0]["content"], row.get("tools"))
                     for row in task.rows for side in ("chosen", "rejected")]
         policy = [total for total, _ in ctx.logprobs(examples)]
         reference = _reference_logprobs(ctx, examples)
