@@ -56,6 +56,18 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.skip(reason=reason))
 
 
+def two_ranks(rank_fn, *args) -> dict:
+    """Run rank_fn(rank, port, *args, results) in 2 processes (each joins a gloo group on loopback `port`); returns
+    what the ranks put in the shared `results` dict. Spawned, not forked: a fork inherits locks held by earlier
+    tests' threads and hangs."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        shared = manager.dict()
+        mp.start_processes(rank_fn, args=(free_port(), *args, shared), nprocs=2, join=True, start_method="spawn")
+        return dict(shared)
+
+
 def official(name: str, model: bool = False) -> Path:
     """The official tokenizer folder `name` (medgpt.modeling.official), or a tiny random model around it.
     Skips where npm cannot fetch it; CI (MEDGPT_REQUIRE_TOKENIZERS=1) fails instead."""

@@ -153,15 +153,9 @@ def _accelerator_rank(rank: int, port: int, results):
 
 @pytest.mark.slow
 def test_accelerate_still_drops_fsdp_on_cpu():
-    import torch.multiprocessing as mp
+    from conftest import two_ranks
 
-    from conftest import free_port
-
-    with mp.Manager() as manager:
-        shared = manager.dict()
-        # spawned, not forked: a fork inherits locks held by earlier tests' threads and hangs
-        mp.start_processes(_accelerator_rank, args=(free_port(), shared), nprocs=2, join=True, start_method="spawn")
-        results = dict(shared)
+    results = two_ranks(_accelerator_rank)
     assert results[0] == results[1] == ("DistributedType.MULTI_CPU", True, 2), results
 
 
@@ -214,17 +208,9 @@ def test_qlora4_base_shards_under_fully_shard_on_cpu(tiny_dir):
     fully_shard breaks it: bitsandbytes then fails in fix_4bit_weight_quant_state_from_module; accelerate shards
     before any forward.)"""
     pytest.importorskip("bitsandbytes")
-    import torch.multiprocessing as mp
-    import peft  # noqa: F401
-    import transformers  # noqa: F401
+    from conftest import two_ranks
 
-    from conftest import free_port
-
-    with mp.Manager() as manager:
-        shared = manager.dict()
-        mp.start_processes(_qlora_rank, args=(free_port(), str(tiny_dir), shared), nprocs=2, join=True,
-                           start_method="spawn")  # not fork: it inherits earlier tests' thread locks (hangs)
-        results = dict(shared)
+    results = two_ranks(_qlora_rank, str(tiny_dir))
     for rank in (0, 1):
         r = results[rank]
         assert r["quantized"] > 0 and r["quantized_sharded"] == r["quantized"], r

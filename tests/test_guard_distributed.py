@@ -44,15 +44,9 @@ def _rank(rank: int, port: int, results):
 @pytest.mark.slow
 def test_ranks_agree_on_a_nonfinite_loss_seen_by_one_rank():
     """One spawn, two cases: guard.skip_nonfinite=true (both ranks skip) and false (both stop)."""
-    import torch.multiprocessing as mp
+    from conftest import two_ranks
 
-    from conftest import free_port
-
-    with mp.Manager() as manager:
-        shared = manager.dict()
-        # spawned, not forked: a fork inherits locks held by earlier tests' threads and hangs
-        mp.start_processes(_rank, args=(free_port(), shared), nprocs=2, join=True, start_method="spawn")
-        results = dict(shared)
+    results = two_ranks(_rank)
     skipped = [results[(r, True)] for r in (0, 1)]
     assert [o for o, _ in skipped] == ["skipped", "skipped"], skipped  # rank 1's loss was finite: it skips too
     assert skipped[0][1] == skipped[1][1] == {"nonfinite_skipped_steps": 1, "nonfinite_steps": [7]}
