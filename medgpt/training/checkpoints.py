@@ -62,22 +62,6 @@ def resume_checkpoint(resume: Optional[str], run_dir: Path, allow_pickle: bool =
     return str(found)
 
 
-def config_changes(saved_config: Path, resolved: dict) -> List[str]:
-    """Keys whose value differs from the config the run was started with (resume aside): a resumed run should be
-    launched with the same overrides."""
-    if not saved_config.exists():
-        return []
-    from omegaconf import OmegaConf
-
-    def flat(node, prefix=""):
-        if isinstance(node, dict):
-            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: node}
-
-    old, new = flat(OmegaConf.to_container(OmegaConf.load(saved_config))), flat(resolved)
-    return sorted(k for k in old.keys() | new.keys() if k != "resume" and old.get(k) != new.get(k))
-
-
 # ---- atomic save: a trainer callback, for every stage ----
 
 def atomic_saves(args) -> "AtomicCheckpoints":
