@@ -1,28 +1,41 @@
-"""Preference-stage throughput: MedicalGPT's configuration vs medgpt's default, for DPO, ORPO, KTO and RM, on the same
-tiny model, the same records (MedicalGPT's dpo_zh_500.jsonl, normalised by medgpt), the same batches of token ids
-(each trainer's own collator and seeded random order) and the same number of steps, one thread, the modes taking
-turns a step at a time (as bench/sft_throughput.py). Prints a table and one final `name=value ...` line.
+"""Alignment-stage throughput: MedicalGPT's configuration vs medgpt's default, for DPO, ORPO, KTO, RM and GRPO, on the
+same tiny model, the same records (MedicalGPT's dpo_zh_500.jsonl, normalised by medgpt; GRPO: its grpo_sample.jsonl
+prompts), the same batches of token ids (each trainer's own collator and seeded random order) and the same number of
+steps, one thread, the modes taking turns a step at a time (as bench/sft_throughput.py). Prints a table and one final
+`name=value ...` line.
 
     OMP_NUM_THREADS=1 python bench/align_throughput.py                      # tiny Qwen3 (151,669-token vocabulary)
     OMP_NUM_THREADS=1 python bench/align_throughput.py --model tiny         # medgpt's tiny model (1,024 tokens)
     OMP_NUM_THREADS=1 python bench/align_throughput.py --stages dpo --modes a_medicalgpt,b_default,b_precompute
+    OMP_NUM_THREADS=1 python bench/align_throughput.py --stages grpo --completion-length 512
 
 Modes:
-- a_medicalgpt: the TRL trainer with its defaults, as MedicalGPT's dpo_training.py / orpo_training.py /
-  reward_modeling.py drive it: random order, a frozen reference copy (full fine-tuning), full-vocabulary logits at
-  every position (DPO/KTO: TRL <= 0.x's logits -> log-softmax -> gather, which the TRL MedicalGPT pins computes;
-  TRL 1.16 patches a tiled head in, which this mode replaces back; ORPO computes full logits in TRL 1.16 too)
-- a_trl: the TRL 1.16 trainer unchanged (DPO/KTO: TRL's tiled `fused_lm_head`, every position scored on CPU)
-- b_default: medgpt's trainer (medgpt.stages.<stage>: labelled positions only through medgpt.training.fused_loss)
+- a_medicalgpt: the trainer as MedicalGPT's dpo_training.py / orpo_training.py / reward_modeling.py /
+  grpo_training.py drive it: random order, a frozen reference copy (full fine-tuning), full-vocabulary logits
+  (DPO/KTO: at every position, TRL <= 0.x's logits -> log-softmax -> gather, which the TRL MedicalGPT pins computes;
+  TRL 1.16 patches a tiled head in, which this mode replaces back; ORPO computes full logits in TRL 1.16 too; GRPO:
+  at the completion positions, divided by the temperature, as TRL 0.29; RM: MedicalGPT's own Trainer subclass, two
+  forward passes per pair and every sequence padded to the maximum length, `medicalgpt_reward_trainer`)
+- a_trl: the TRL 1.16 trainer unchanged (DPO/KTO/GRPO: TRL's tiled `fused_lm_head`, every position scored on CPU;
+  RM: TRL's RewardTrainer)
+- b_default: medgpt's trainer (medgpt.stages.<stage>: labelled positions only through medgpt.training.fused_loss;
+  GRPO: that head at the sampling temperature, and on a CPU medgpt.training.rollout's sampler; RM: pairs of similar
+  length batched together, stage.batching=group_by_length)
+- b_head (GRPO): b_default with TRL's own generation (torch.multinomial): what the head alone gains
 - b_budget (DPO): b_default with token-budget batches of pairs (medgpt.training.batching.token_budget_batches over
   prompt + longer answer, a budget of batch x max length per step: more short pairs, fewer long ones, seeded
   random megabatches sorted by length), built in this script: not wired into stage=dpo (see docs/performance.md)
 - b_precompute: b_default with `precompute_ref_log_probs=true` (DPO/KTO; the reference's pass before training is
   timed separately and reported as `precompute s`)
 
-One step = the trainer's own `training_step` (forward, loss, backward) + an AdamW step. Tokens/s counts non-padding
-tokens of the batches the trainer's collator built (every attention mask in the batch). Peak memory: the largest
-of the timed steps' batches in a fresh process per mode (VmHWM).
+Every mode trains in fp32, as medgpt does on a CPU (TRL's configs default to bf16 autocast, which this bench ran
+under before 2026-11-30's GRPO/RM runs). One step = the trainer's own `training_step` (forward, loss, backward) + an
+AdamW step. Tokens/s counts non-padding tokens of the batches the trainer's collator built (every attention mask in
+the batch). GRPO's step also generates its completions (per_device_train_batch_size of them, num_generations per
+prompt) and scores them: its rate is completed prompts/s, its tokens/s counts completion tokens, and the step splits
+into generation (`_generate`) and the rest (rewards, reference log-probs, loss, backward, AdamW). RM times a whole
+epoch (its steps are cheap), so that every mode sees the same pairs. Peak memory: the largest of the timed steps'
+batches in a fresh process per mode (VmHWM).
 """
 from __future__ import annotations
 
@@ -38,21 +51,24 @@ import types
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-SAMPLES = Path(__file__).resolve().parents[1] / "../shared/data/medicalgpt-samples/dpo_zh_500.jsonl"
-MODES = ("a_medicalgpt", "a_trl", "b_default", "b_precompute")
-STAGES = ("dpo", "orpo", "kto", "rm")
+SAMPLES = (Path(__file__).resolve().parents[1] / "../shared/data/medicalgpt-samples").resolve()
+MODES = ("a_medicalgpt", "a_trl", "b_head", "b_default", "b_precompute")
+PREFERENCE = ("a_medicalgpt", "a_trl", "b_default", "b_precompute")
+STAGE_MODES = {"dpo": PREFERENCE + ("b_budget",), "kto": PREFERENCE,
+               "orpo": ("a_medicalgpt", "b_default"),  # TRL's ORPO trainer computes full logits: a_trl = a
+               "rm": ("a_medicalgpt", "a_trl", "b_default"), "grpo": ("a_medicalgpt", "a_trl", "b_head", "b_default")}
+STAGES = tuple(STAGE_MODES)
 
 
-def records(count: int):
-    from medgpt.data.formats import sharegpt_preference
+def records(count: int, stage: str = "dpo"):
+    """The first `count` records of MedicalGPT's samples, normalised by medgpt: preference pairs (dpo_zh_500.jsonl),
+    or question/answer prompts for GRPO (grpo_sample.jsonl, repeated when `count` exceeds its 32 records)."""
+    from medgpt.data.formats import prompt_only, sharegpt_preference
 
-    out = []
-    with open(SAMPLES.resolve(), encoding="utf-8") as f:
-        for line in f:
-            out.append(sharegpt_preference(json.loads(line)))
-            if len(out) == count:
-                break
-    return out
+    name, parse = ("grpo_sample.jsonl", prompt_only) if stage == "grpo" else ("dpo_zh_500.jsonl", sharegpt_preference)
+    with open(SAMPLES / name, encoding="utf-8") as f:
+        rows = [parse(json.loads(line)) for line in f]
+    return [rows[i % len(rows)] for i in range(count)] if stage == "grpo" else rows[:count]
 
 
 def model_folder(name: str) -> str:
@@ -65,9 +81,11 @@ def model_folder(name: str) -> str:
     return str(tiny_path())
 
 
-def full_logits_head(model):
-    """Bench only: `model(..., labels, fused_lm_head=True)` answered from full-vocabulary logits at every position
-    (what TRL's DPO/KTO trainers computed before their fused head), with the metrics those trainers log."""
+def full_logits_head(model, temperature: float = 1.0, completions_only: bool = False):
+    """Bench only: `model(..., labels, fused_lm_head=True)` answered from full-vocabulary logits, as TRL computed it
+    before its fused head: DPO/KTO at every position, with the metrics those trainers log; GRPO (`completions_only`,
+    as TRL 0.29, MedicalGPT's pin trl>=0.29) at the completion positions (`logits_to_keep`), divided by the sampling
+    temperature, with the entropy it logs."""
     import torch
     from trl.trainer.utils import FusedCausalLMOutput
 
@@ -78,19 +96,96 @@ def full_logits_head(model):
         if not fused_lm_head:
             return original(self, *args, labels=labels, **kwargs)
         kwargs["use_cache"] = False
-        logits = original(self, *args, **kwargs).logits[:, :-1].float()
-        targets = labels[:, 1:]
+        keep = labels.shape[1] - 1
+        if completions_only:  # GRPO masks all but the last `keep` labels
+            keep = labels.shape[1] - int((labels != -100).any(0).nonzero()[0])
+            kwargs["logits_to_keep"] = keep + 1
+        logits = original(self, *args, **kwargs).logits[:, :-1].float() / temperature
+        targets = labels[:, -keep:]
         mask = targets != -100
         logp_all = torch.log_softmax(logits, dim=-1)
         log_probs = logp_all.gather(2, targets.clamp(min=0).unsqueeze(2)).squeeze(2) * mask
         with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1) * mask
-            mean_logits = logits.mean(-1) * mask
-            is_top1 = (logits.argmax(-1) == targets) & mask
-        return FusedCausalLMOutput(loss=-log_probs.sum() / mask.sum().clamp(min=1), log_probs=log_probs,
-                                   entropy=entropy, mean_logits=mean_logits, is_top1=is_top1, label_mask=mask)
+            metrics = {"entropy": -(logp_all.exp() * logp_all).sum(-1) * mask}
+            if not completions_only:
+                metrics.update(mean_logits=logits.mean(-1) * mask, is_top1=(logits.argmax(-1) == targets) & mask)
+        width = labels.shape[1] - 1 - keep  # TRL's head returns [batch, seq - 1]; GRPO reads the tail
+
+        def full(x):
+            return torch.cat([x.new_zeros(x.shape[0], width), x], 1)
+
+        return FusedCausalLMOutput(loss=-log_probs.sum() / mask.sum().clamp(min=1), log_probs=full(log_probs),
+                                   label_mask=full(mask), **{k: full(v) for k, v in metrics.items()})
 
     model.forward = types.MethodType(forward, model)
+
+
+def medicalgpt_reward_trainer(folder, tokenizer, rows, batch: int, max_length: int, out_dir: str):
+    """Bench only: MedicalGPT's reward_modeling.py: its own Trainer subclass scoring chosen and rejected in two
+    forward passes, and its collator padding every sequence to `max_length` (`padding="max_length"`,
+    full_max_length = max_source_length + max_target_length); the same token ids as TRL's RewardTrainer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+    from trl import RewardConfig, RewardTrainer
+
+    from medgpt.stages.dpo import preference_dataset
+
+    class RewardTrainerMedicalGPT(Trainer):  # reward_modeling.py's compute_loss, verbatim
+        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+            rewards_chosen = model(input_ids=inputs["input_ids_chosen"],
+                                   attention_mask=inputs["attention_mask_chosen"])[0]
+            rewards_rejected = model(input_ids=inputs["input_ids_rejected"],
+                                     attention_mask=inputs["attention_mask_rejected"])[0]
+            return -torch.nn.functional.logsigmoid(rewards_chosen - rewards_rejected).mean()
+
+    def collate(features):  # reward_modeling.py's RewardDataCollatorWithPadding(padding="max_length")
+        batch = {}
+        for side in ("chosen", "rejected"):
+            padded = tokenizer.pad([{"input_ids": f[f"{side}_ids"]} for f in features], padding="max_length",
+                                   max_length=max_length, return_tensors="pt")
+            batch[f"input_ids_{side}"], batch[f"attention_mask_{side}"] = padded["input_ids"], padded["attention_mask"]
+        return batch
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenized = RewardTrainer(model=model, args=RewardConfig(output_dir=out_dir, max_length=max_length, report_to=[],
+                                                             use_cpu=True, bf16=False),
+                              train_dataset=preference_dataset(rows),
+                              processing_class=tokenizer).train_dataset
+    args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=batch, learning_rate=5e-6, report_to=[],
+                             use_cpu=True, bf16=False, seed=0, logging_steps=1000, save_strategy="no",
+                             dataloader_num_workers=0, remove_unused_columns=False)
+    return RewardTrainerMedicalGPT(model=model, args=args, train_dataset=tokenized, data_collator=collate)
+
+
+def build_grpo(mode: str, folder: str, rows, args, out_dir: str):
+    """GRPO as MedicalGPT's grpo_training.py runs it (TRL's GRPOTrainer, its defaults, beta 0.001, a reference copy
+    for full fine-tuning) or as medgpt's stage builds it; the same prompts, rewards and sampling seed."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from medgpt.stages.grpo import prompt_dataset
+    from medgpt.stages.grpo import trainer_class as medgpt_grpo
+    from medgpt.training.rewards import answer_accuracy, think_answer_format
+    from medgpt.training.rollout import applies, cpu_rollout
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    config = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=args.grpo_batch,
+                        num_generations=args.num_generations, max_completion_length=args.completion_length,
+                        beta=0.001, learning_rate=1e-6, report_to=[], use_cpu=True, bf16=False, seed=0,
+                        logging_steps=1000, save_strategy="no", dataloader_num_workers=0)
+    cls = GRPOTrainer if mode.startswith("a_") else medgpt_grpo(config)
+    rollout = cpu_rollout if mode == "b_default" and applies(config, tokenizer, cuda=False) else None
+    trainer = cls(model=model, reward_funcs=[answer_accuracy, think_answer_format], args=config,
+                  train_dataset=prompt_dataset(rows), processing_class=tokenizer, rollout_func=rollout)
+    if mode == "a_medicalgpt":
+        for model in (trainer.model, trainer.ref_model):
+            if model is not None:
+                full_logits_head(model, config.temperature, completions_only=True)
+    return trainer
 
 
 def build(stage: str, mode: str, folder: str, rows, batch: int, max_length: int, out_dir: str):
@@ -98,9 +193,10 @@ def build(stage: str, mode: str, folder: str, rows, batch: int, max_length: int,
     import copy
 
     import torch
+    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from medgpt.stages import dpo, kto, orpo
+    from medgpt.stages import dpo, kto, orpo, rm
     from medgpt.stages.dpo import preference_dataset
 
     torch.manual_seed(0)
@@ -108,15 +204,20 @@ def build(stage: str, mode: str, folder: str, rows, batch: int, max_length: int,
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     common = dict(output_dir=out_dir, per_device_train_batch_size=batch, learning_rate=5e-6, report_to=[],
-                  use_cpu=True, seed=0, logging_steps=1000, save_strategy="no", dataloader_num_workers=0,
+                  use_cpu=True, bf16=False, seed=0, logging_steps=1000, save_strategy="no", dataloader_num_workers=0,
                   max_length=max_length)
-    if stage == "rm":
+    if stage == "rm" and mode == "a_medicalgpt":
+        return medicalgpt_reward_trainer(folder, tokenizer, rows, batch, max_length, out_dir), 0.0
+    if stage == "rm":  # a_trl: TRL's RewardTrainer as is; b_default: medgpt's (stage.batching=group_by_length)
         from trl import RewardConfig, RewardTrainer
 
         model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=torch.float32)
         model.config.pad_token_id = tokenizer.pad_token_id
-        return RewardTrainer(model=model, args=RewardConfig(**common), train_dataset=preference_dataset(rows),
-                             processing_class=tokenizer), 0.0
+        kwargs = dict(model=model, args=RewardConfig(**common), train_dataset=preference_dataset(rows),
+                      processing_class=tokenizer)
+        if mode == "a_trl":
+            return RewardTrainer(**kwargs), 0.0
+        return rm.trainer_class()(**kwargs, batching="group_by_length", batch_seed=0), 0.0
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     started = time.perf_counter()
     if stage == "orpo":
@@ -134,7 +235,7 @@ def build(stage: str, mode: str, folder: str, rows, batch: int, max_length: int,
         base, config, data = DPOTrainer, DPOConfig, preference_dataset(rows)
         metrics = ("entropy", "mean_logits", "is_top1")
     else:
-        base, config, data = KTOTrainer, KTOConfig, kto.Dataset.from_list(kto.unpaired_rows(rows))
+        base, config, data = KTOTrainer, KTOConfig, Dataset.from_list(kto.unpaired_rows(rows))
         metrics = ("entropy", "mean_logits")
     args = config(**common, precompute_ref_log_probs=precompute)
     kwargs = dict(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer)
@@ -151,8 +252,8 @@ def build(stage: str, mode: str, folder: str, rows, batch: int, max_length: int,
 def counts(inputs) -> tuple:
     """(non-padding tokens, padded tokens) of a collated batch: every attention mask in it."""
     real = padded = 0
-    for key, value in inputs.items():
-        if key.endswith("attention_mask") and hasattr(value, "sum"):
+    for key, value in (inputs.items() if isinstance(inputs, dict) else ()):  # GRPO: prompt records, counted apart
+        if "attention_mask" in key and hasattr(value, "sum"):
             real += int(value.sum())
             padded += value.numel()
     return real, padded
@@ -172,24 +273,53 @@ def token_budget_pairs(trainer, batch: int, max_length: int, steps: int) -> list
     return [trainer.data_collator([data[i] for i in plan[k % len(plan)]]) for k in range(steps)]
 
 
-def prepare(stage, mode, folder, rows, batch, max_length, steps):
+def timed_rollouts(trainer, state):
+    """Bench instrumentation: seconds spent generating (`_generate`) and completion tokens produced, per GRPO step."""
+    generate, score = trainer._generate, trainer._generate_and_score_completions
+
+    def timed_generate(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            state["generate_s_step"] += time.perf_counter() - started
+
+    def counted(*args, **kwargs):
+        out = score(*args, **kwargs)
+        state["completion_tokens_step"] += int(out["completion_mask"].sum())
+        state["prompts_step"] += out["completion_mask"].shape[0] // trainer.num_generations
+        return out
+
+    trainer._generate, trainer._generate_and_score_completions = timed_generate, counted
+
+
+def prepare(stage, mode, folder, rows, batch, max_length, steps, args=None):
     import torch
 
     out_dir = tempfile.mkdtemp(prefix=f"align-{stage}-{mode}-")
-    trainer, precompute_s = build(stage, mode, folder, rows, batch, max_length, out_dir)
+    state = {"stage": stage, "mode": mode, "generate_s_step": 0.0, "completion_tokens_step": 0, "prompts_step": 0}
+    if stage == "grpo":
+        trainer, precompute_s = build_grpo(mode, folder, rows, args, out_dir), 0.0
+        timed_rollouts(trainer, state)
+    else:
+        trainer, precompute_s = build(stage, mode, folder, rows, batch, max_length, out_dir)
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # what Trainer's loop sets before its training_step calls
     batches = token_budget_pairs(trainer, batch, max_length, steps) if mode == "b_budget" else []
+    if stage == "rm":  # cheap steps: a whole epoch after the warm-up, so that every mode sees the same pairs
+        epoch = list(trainer.get_train_dataloader())
+        warmup = epoch[len(epoch) - args.warmup:] if args.warmup else []
+        batches, steps = warmup + epoch, len(warmup) + len(epoch)
     while len(batches) < steps:  # the trainer's own loader (seeded random order), repeated if it is short
         batches += list(trainer.get_train_dataloader())[:steps - len(batches)]
     trainer.model.train()
-    return {"stage": stage, "mode": mode, "trainer": trainer, "batches": batches, "precompute_s": precompute_s,
-            "optimizer": trainer.optimizer, "torch": torch}
+    state.update(trainer=trainer, batches=batches, precompute_s=precompute_s, optimizer=trainer.optimizer, torch=torch)
+    return state
 
 
 def step(state, inputs):
     trainer = state["trainer"]
-    loss = trainer.training_step(trainer.model, inputs)
+    loss = trainer.training_step(trainer.model, inputs, None)
     state["optimizer"].step()
     state["optimizer"].zero_grad(set_to_none=True)
     return float(loss)
@@ -200,8 +330,8 @@ def peak_of(stage, mode, args) -> float:
     import torch
 
     torch.set_num_threads(1)
-    state = prepare(stage, mode, model_folder(args.model), records(args.records), args.batch, args.max_length,
-                    args.warmup + args.steps)
+    state = prepare(stage, mode, model_folder(args.model), records(args.records, stage), args.batch, args.max_length,
+                    args.warmup + args.steps, args)
     for i in sorted(range(len(state["batches"])), key=lambda i: counts(state["batches"][i])[1])[-2:]:
         step(state, state["batches"][i])
     status = Path("/proc/self/status").read_text()
@@ -212,7 +342,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen3", choices=["qwen3", "tiny"])
     parser.add_argument("--stages", default=",".join(STAGES))
-    parser.add_argument("--modes", default="a_medicalgpt,a_trl,b_default,b_precompute")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--grpo-batch", type=int, default=4, help="GRPO completions per step (MedicalGPT: 4)")
+    parser.add_argument("--num-generations", type=int, default=4, help="GRPO group size (MedicalGPT: 4)")
+    parser.add_argument("--completion-length", type=int, default=128, help="GRPO max_completion_length")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch", type=int, default=2, help="pairs (KTO: examples) per step")
@@ -229,19 +362,20 @@ def main():
 
     datasets.disable_progress_bars()
     torch.set_num_threads(1)
-    folder, rows = model_folder(args.model), records(args.records)
+    folder = model_folder(args.model)
     results = []
     for stage in args.stages.split(","):
-        modes = [m for m in args.modes.split(",") if m not in ("a_trl", "b_precompute") or stage in ("dpo", "kto")]
-        modes = [m for m in modes if m != "b_budget" or stage == "dpo"]
-        if stage in ("orpo", "rm"):  # TRL's trainer computes full logits (ORPO) or has no LM head (RM)
-            modes = [m for m in modes if m != "a_trl"]
-        states = [prepare(stage, m, folder, rows, args.batch, args.max_length, args.warmup + args.steps)
+        rows = records(args.records, stage)
+        modes = [m for m in args.modes.split(",") if m in STAGE_MODES[stage]]
+        states = [prepare(stage, m, folder, rows, args.batch, args.max_length, args.warmup + args.steps, args)
                   for m in modes]
+        total = min(len(s["batches"]) for s in states)  # RM: its epoch (+ 1 warm-up step)
+        timed = total - args.warmup
         for s in states:
-            s.update(seconds=0.0, real=0, padded=0)
-        for i in range(args.warmup + args.steps):  # the modes take turns, a step each
+            s.update(seconds=0.0, real=0, padded=0, generate_s=0.0, completion_tokens=0, prompts=0)
+        for i in range(total):  # the modes take turns, a step each
             for s in states:
+                s.update(generate_s_step=0.0, completion_tokens_step=0, prompts_step=0)
                 started = time.perf_counter()
                 s["loss"] = step(s, s["batches"][i])
                 if i >= args.warmup:
@@ -249,35 +383,48 @@ def main():
                     real, padded = counts(s["batches"][i])
                     s["real"] += real
                     s["padded"] += padded
-            print(f"{stage} step {i + 1}/{args.warmup + args.steps}", file=sys.stderr, flush=True)
+                    s["generate_s"] += s["generate_s_step"]
+                    s["completion_tokens"] += s["completion_tokens_step"]
+                    s["prompts"] += s["prompts_step"]
+            print(f"{stage} step {i + 1}/{total}", file=sys.stderr, flush=True)
         for s in states:
             peak = None
             if not args.no_peak:
-                out = subprocess.run([sys.executable, __file__, "--peak-of", stage, s["mode"], "--model", args.model,
-                                      "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch",
-                                      str(args.batch), "--max-length", str(args.max_length), "--records",
-                                      str(args.records)], capture_output=True, text=True)
+                out = subprocess.run([sys.executable, __file__, "--peak-of", stage, s["mode"]] + sys.argv[1:],
+                                     capture_output=True, text=True)
                 peak = float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
-            results.append({"stage": stage, "mode": s["mode"], "tokens_per_s": s["real"] / s["seconds"],
-                            "s_per_step": s["seconds"] / args.steps, "padding": 1 - s["real"] / s["padded"],
-                            "peak_gb": peak, "precompute_s": round(s["precompute_s"], 1), "loss": s["loss"]})
+            result = {"stage": stage, "mode": s["mode"], "s_per_step": s["seconds"] / timed, "peak_gb": peak,
+                      "precompute_s": round(s["precompute_s"], 1), "loss": s["loss"]}
+            if stage == "grpo":  # rollouts: completed prompts/s, generation vs the rest (scoring, loss, backward)
+                result.update(prompts_per_s=s["prompts"] / s["seconds"], tokens_per_s=s["completion_tokens"] /
+                              s["seconds"], rollout_tokens_per_s=s["completion_tokens"] / s["generate_s"],
+                              generate_s_per_step=s["generate_s"] / timed,
+                              train_s_per_step=(s["seconds"] - s["generate_s"]) / timed, padding=None)
+            else:
+                result.update(tokens_per_s=s["real"] / s["seconds"], padding=1 - s["real"] / s["padded"])
+            results.append(result)
             print(json.dumps(results[-1]), flush=True)
         del states
     report(results, args)
 
 
 def report(results, args):
-    print(f"\nmodel {args.model}, {args.batch} pairs (KTO: examples) per step, max length {args.max_length}, "
-          f"{args.steps} timed steps per mode, 1 thread")
+    print(f"\nmodel {args.model}, {args.batch} pairs (KTO: examples) per step, max length {args.max_length}; GRPO "
+          f"{args.grpo_batch} completions per step, groups of {args.num_generations}, up to {args.completion_length} "
+          f"tokens; {args.steps} timed steps per mode (RM: an epoch), 1 thread")
     print(f"{'stage':<5} {'mode':<13} {'tok/s':>8} {'vs a':>6} {'s/step':>7} {'padding':>8} {'peak GB':>8} "
-          f"{'precompute s':>12}")
+          f"{'precompute s':>12}   GRPO: prompts/s, rollout tok/s, generate s/step, rest s/step")
     final = []
     for r in results:
         base = next((x for x in results if x["stage"] == r["stage"] and x["mode"] == "a_medicalgpt"), None)
-        ratio = r["tokens_per_s"] / base["tokens_per_s"] if base else 0
+        rate = "prompts_per_s" if r["stage"] == "grpo" else "tokens_per_s"  # GRPO's target: completed prompts/s
+        ratio = r[rate] / base[rate] if base else 0
+        padding = "" if r["padding"] is None else f"{r['padding']:.1%}"
+        grpo = (f"   {r['prompts_per_s']:.3f}, {r['rollout_tokens_per_s']:.0f}, {r['generate_s_per_step']:.2f}, "
+                f"{r['train_s_per_step']:.2f}") if r["stage"] == "grpo" else ""
         print(f"{r['stage']:<5} {r['mode']:<13} {r['tokens_per_s']:>8.0f} {ratio:>6.2f} {r['s_per_step']:>7.2f} "
-              f"{r['padding']:>8.1%} {str(r['peak_gb']):>8} {r['precompute_s']:>12}")
-        final.append(f"{r['stage']}_{r['mode']}_tok_s={r['tokens_per_s']:.0f} {r['stage']}_{r['mode']}_vs_a={ratio:.2f}")
+              f"{padding:>8} {str(r['peak_gb']):>8} {r['precompute_s']:>12}{grpo}")
+        final.append(f"{r['stage']}_{r['mode']}_{rate}={r[rate]:.3f} {r['stage']}_{r['mode']}_vs_a={ratio:.2f}")
     print(" ".join(final))
 
 

@@ -32,6 +32,9 @@ with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
             data = b"".join(l for l in data.splitlines(True) if not unused.match(l.decode().split(",")[0]))
         dst.writestr(info, data)
 PY
+# liger-kernel (the `liger` extra, pure Python over Triton): not installed here, so its pinned release
+python -m pip download -q --no-deps --only-binary=:all: -d .carry/wheels "liger-kernel==0.8.5" \
+    2> >(grep -v "is ignored: it is neither" >&2)
 # sdists only: built here into pure-Python wheels (DeepSpeed compiles its CUDA ops on first use, with the image's nvcc)
 DS_BUILD_OPS=0 python -m pip wheel -q --no-deps --no-build-isolation -w .carry/wheels \
     "deepspeed==$(version deepspeed)" "antlr4-python3-runtime==$(version antlr4-python3-runtime)"

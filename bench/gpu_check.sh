@@ -11,6 +11,8 @@
 #        vllm        (optional, not in the default list: bash bench/gpu_check.sh vllm) stage.args.use_vllm=true,
 #                    vllm_mode=colocate for grpo, ppo (RLOO) and distill on the 1.5B shape; without vLLM on the
 #                    image: each run must stop with exit 2 and the one-line "needs vLLM" error
+#        liger       (optional, not in the default list) Liger's fused linear cross-entropy (the liger extra, carried
+#                    as a wheel) as SFT's loss on CUDA: tests/test_fused_loss.py -m gpu, and bench/memory.py on CUDA
 #        fsdp        (optional, not in the default list) FSDP2 on the visible GPUs: tests/test_fsdp.py -m gpu (SFT
 #                    full/LoRA/QLoRA-4 and DPO full/LoRA train, final/ reloads and generates; a killed LoRA run
 #                    resumes exactly and merges), hardware=auto's plan for this machine:  bash bench/gpu_check.sh fsdp
@@ -92,6 +94,15 @@ part_vllm() {  # colocated vLLM generation through the stage config (docs/alignm
             fi
         done
     fi
+}
+
+part_liger() {  # issue 18: the chunked loss hands SFT's loss to Liger's kernel on CUDA where liger-kernel is installed
+    step "liger: $(python3 -c 'import liger_kernel, importlib.metadata as m; print(m.version("liger-kernel"))' 2>&1)"
+    timeout 240 python3 -m pytest tests/test_fused_loss.py -m gpu -q -rA -p no:cacheprovider > "$OUT/liger.log" 2>&1
+    echo "exit $?"; grep -E "^(PASSED|FAILED|SKIPPED|ERROR)" "$OUT/liger.log"
+    grep -qE "^(FAILED|ERROR)" "$OUT/liger.log" && tail -40 "$OUT/liger.log"
+    mkdir -p "$MEDGPT_CACHE/official/qwen3" && cp "$TOKENIZER"/* "$MEDGPT_CACHE/official/qwen3/"  # no npm there
+    timeout 240 python3 bench/memory.py --device cuda 2>&1 | tail -12
 }
 
 part_fsdp() {  # issue 23: FSDP2 through the Trainer (accelerate), which runs FSDP on GPUs only

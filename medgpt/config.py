@@ -57,7 +57,7 @@ class StageConfig:
     reward_funcs: Any = None  # grpo/ppo: list of {_target_: ...} reward functions
     teacher: Optional[str] = None  # distill: the teacher (hub id, model folder or run folder), same tokenizer
     reference: str = "auto"  # dpo/kto: auto | copy | none (adapter-disabled reference with LoRA)
-    batching: str = "token_budget"  # sft/pt batches: token_budget | group_by_length | random (medgpt.training.batching)
+    batching: str = "token_budget"  # sft/pt/rm batches: token_budget | group_by_length | random (training/batching.py)
     tokens_per_batch: Optional[int] = None  # token_budget: padded tokens per batch (default batch size x max_length)
     fused_lm_head: bool = False  # sft/pt: TRL's fused LM head instead of medgpt's chunked one (both memory-bounded)
 

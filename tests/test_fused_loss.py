@@ -1,6 +1,6 @@
 """The memory-bounded LM head (medgpt.training.fused_loss): same loss, log-probabilities and gradients as full
 logits, a chunk of rows at a time; through SFT's labelled loss (tied embeddings, LoRA, checkpointing, the real Qwen3
-vocabulary) and the preference trainers' `fused_lm_head=True` contract (DPO, KTO)."""
+vocabulary) and the trainers' `fused_lm_head=True` contract (DPO, KTO; GRPO at its sampling temperature)."""
 import json
 
 import pytest
@@ -84,9 +84,26 @@ def test_sft_loss_at_the_real_qwen3_vocabulary_with_tied_embeddings(variant, mon
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
-def test_labelled_head_gives_trls_log_probs_and_gradients(tiny_dir):
-    """The preference trainers' contract, `model(..., labels, fused_lm_head=True)`: medgpt's head (completion
-    positions only) returns what TRL's head returns, log-probabilities, metrics and gradients."""
+def test_log_probs_at_a_temperature_equal_full_logits():
+    """GRPO scores completions at the sampling temperature: log softmax(logits / T), gradients included."""
+    torch.manual_seed(0)
+    h, w = torch.randn(20, 16, requires_grad=True), torch.randn(300, 16, requires_grad=True)
+    t, weights = torch.randint(0, 300, (20,)), torch.randn(20)
+    logp = torch.log_softmax(F.linear(h, w) / 0.6, -1)
+    (logp.gather(1, t[:, None]).squeeze(1) * weights).sum().backward()
+    reference = _grads([h, w])
+    got, entropy = linear_log_probs(h, w, None, t, chunk_rows=6, metrics=("entropy",), temperature=0.6)
+    (got * weights).sum().backward()
+    torch.testing.assert_close(got, logp.gather(1, t[:, None]).squeeze(1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy, -(logp.exp() * logp).sum(-1).detach(), rtol=1e-5, atol=1e-5)
+    for g, want in zip(_grads([h, w]), reference):
+        torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_labelled_head_gives_trls_log_probs_and_gradients(tiny_dir, temperature):
+    """The trainers' contract, `model(..., labels, fused_lm_head=True)`: medgpt's head (completion positions only)
+    returns what TRL's head returns, log-probabilities, metrics and gradients; at GRPO's sampling temperature too."""
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
@@ -95,8 +112,8 @@ def test_labelled_head_gives_trls_log_probs_and_gradients(tiny_dir):
     for ours in (False, True):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
-        add_fused_lm_head(model, outputs=outputs)
-        assert add_labelled_lm_head(model, metrics=outputs[1:]) if ours else True
+        add_fused_lm_head(model, temperature=temperature, outputs=outputs)
+        assert add_labelled_lm_head(model, metrics=outputs[1:], temperature=temperature) if ours else True
         models.append(model.train())
     ids = torch.randint(5, 1000, (4, 10))
     mask = torch.ones_like(ids)
@@ -162,3 +179,27 @@ def test_trls_own_head_stays_where_it_is_compact(monkeypatch):
     assert trl_head_compacts(torch.device("cuda")) and not trl_head_compacts(torch.device("cpu"))
     monkeypatch.setattr(transformers.utils, "is_triton_available", lambda: False)
     assert not trl_head_compacts(torch.device("cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_liger_kernel_gives_the_chunked_loss_on_cuda(monkeypatch):
+    """On CUDA with liger-kernel installed (`pip install medgpt[liger]`; run by `bash bench/gpu_check.sh liger`), SFT's
+    summed loss is Liger's fused linear cross-entropy: the loss and gradients of medgpt's chunked one, at Qwen3's
+    vocabulary."""
+    pytest.importorskip("liger_kernel")
+    liger, calls = fused_loss._liger(), []
+    monkeypatch.setattr(fused_loss, "_liger", lambda: lambda *a, **k: calls.append(1) or liger(*a, **k))
+    torch.manual_seed(0)
+    h = torch.randn(300, 64, device="cuda", requires_grad=True)
+    w = (torch.randn(151_669, 64, device="cuda") * 0.05).requires_grad_()
+    t = torch.randint(0, 151_669, (300,), device="cuda")
+    loss = linear_cross_entropy(h, w, None, t)
+    loss.backward()
+    assert calls == [1]
+    got = _grads([h, w])
+    reference = fused_loss.LinearCrossEntropy.apply(h, w, None, t, 64, True)
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=1e-4, atol=1e-3)
+    for g, want in zip(got, _grads([h, w])):
+        torch.testing.assert_close(g, want, rtol=1e-3, atol=1e-5)

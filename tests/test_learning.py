@@ -26,16 +26,18 @@ def test_rl_raises_the_mean_reward(tmp_path, stage):
     prompts.write_text("".join(json.dumps({"question": f"Say something about {topic}."}) + "\n"
                                for topic in ("gout", "asthma", "acne", "influenza")), encoding="utf-8")
     run_dir, metrics = train_in_process(
-        tmp_path, f"stage={stage}", f"data.train_files=[{prompts}]", EASY_REWARD, "stage.args.max_steps=12",
+        tmp_path, f"stage={stage}", f"data.train_files=[{prompts}]", EASY_REWARD, "stage.args.max_steps=20",
         "stage.args.max_completion_length=8", "stage.args.num_generations=8",
         "stage.args.per_device_train_batch_size=8",
         "stage.args.learning_rate=3e-2", "stage.args.lr_scheduler_type=constant", "stage.args.beta=0",
         "stage.args.logging_steps=1", "seed=0")
     rewards = logged(run_dir, "reward")
-    assert len(rewards) == 12 and logged(run_dir, "rewards/contains_keyword/mean") == rewards
+    assert len(rewards) == 20 and logged(run_dir, "rewards/contains_keyword/mean") == rewards
     start, end = mean(rewards[:3]), mean(rewards[-3:])
     print(f"{stage}: mean reward {start:.3f} -> {end:.3f}")
-    assert end >= 0.9 and end - start >= 0.25  # measured (seed 0): 0.54 -> 1.00 for both
+    # measured (seed 0): ppo 0.54 -> 1.00; grpo 0.25 -> 1.00 (its CPU sampler draws other samples than TRL's:
+    # seeds 0-5 all end at 1.00 after 20 steps, two of them below 0.9 after 12)
+    assert end >= 0.9 and end - start >= 0.25
 
 
 @pytest.mark.parametrize("stage, rise", [("ipo", 1.0), ("simpo", 1.0), ("orpo", 0.05), ("kto", 1.0)])

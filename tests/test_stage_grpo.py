@@ -56,16 +56,23 @@ def test_reward_model_reward_rejects_a_policy_run(sft_run):
 
 
 @pytest.mark.samples
-def test_grpo_trains_on_medicalgpt_prompts_and_logs_each_reward(tmp_path):
+def test_grpo_trains_on_medicalgpt_prompts_and_logs_each_reward(tmp_path, monkeypatch):
+    """A CPU run: medgpt's rollouts (medgpt.training.rollout) generate the completions, two per prompt."""
     import json
 
     from medgpt.modeling.load import load_for_inference
+    from medgpt.stages import grpo
 
+    batches = []
+    original = grpo.cpu_rollout
+    monkeypatch.setattr(grpo, "cpu_rollout", lambda prompts, trainer: batches.append(len(prompts)) or
+                        original(prompts, trainer))
     run_dir, metrics = train_in_process(
         tmp_path, "stage=grpo", f"data.train_files=[{SAMPLES / 'grpo_sample.jsonl'}]", "data.max_samples=8",
         "stage.args.max_steps=2", "stage.args.max_completion_length=8", "stage.args.num_generations=2",
         "stage.args.per_device_train_batch_size=2", "stage.args.logging_steps=1")
     assert metrics["prompts"] == 8 and metrics["with_answer"] == 8 and metrics["global_step"] == 2
+    assert batches == [2, 2]  # one prompt x num_generations=2 per step
     logged = json.loads((run_dir / "history.json").read_text())["log_history"][0]
     for name in ("answer_accuracy", "think_answer_format", "length_penalty"):
         assert f"rewards/{name}/mean" in logged
@@ -127,3 +134,51 @@ def test_vllm_generation_without_vllm_or_with_an_unknown_mode_is_refused(monkeyp
     with pytest.raises(UserError, match="vllm_mode=remote: use colocate"):
         check_generation_backend({"use_vllm": True, "vllm_mode": "remote"}, gpu)
     check_generation_backend({"use_vllm": False}, SimpleNamespace(cuda=False))  # off: nothing to check
+
+
+@pytest.mark.samples
+def test_grpo_trains_the_same_with_medgpts_head(tmp_path, monkeypatch):
+    """stage=grpo's completions are scored by medgpt's labelled head at the sampling temperature (its chunked
+    log-probs run), and two steps log the loss, entropy and rewards that TRL's own head gives."""
+    import json
+
+    from medgpt.stages import grpo
+    from medgpt.training import losses
+
+    logged = {}
+    for ours in (True, False):
+        monkeypatch.setattr(grpo, "labelled_loss_applies", lambda *a, ours=ours: ours)
+        calls = []
+        original = losses.linear_log_probs
+        monkeypatch.setattr(losses, "linear_log_probs", lambda *a, **k: calls.append(k["temperature"]) or
+                            original(*a, **k))
+        run_dir, metrics = train_in_process(
+            tmp_path / str(ours), "stage=grpo", f"data.train_files=[{SAMPLES / 'grpo_sample.jsonl'}]",
+            "data.max_samples=4", "stage.args.max_steps=2", "stage.args.max_completion_length=8",
+            "stage.args.num_generations=2", "stage.args.per_device_train_batch_size=2", "stage.args.logging_steps=1",
+            "stage.args.temperature=0.7", "stage.args.learning_rate=1e-3")
+        assert metrics["status"] == "completed"
+        assert set(calls) == ({0.7} if ours else set())
+        history = json.loads((run_dir / "history.json").read_text())["log_history"]
+        logged[ours] = [{k: v for k, v in h.items() if k in ("loss", "entropy", "reward") or k.startswith("kl")}
+                        for h in history if "loss" in h]
+    assert len(logged[True]) == 2 and {"loss", "entropy", "reward"} <= logged[True][0].keys(), logged
+    for a, b in zip(logged[True], logged[False]):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert abs(a[key] - b[key]) < 1e-4 * max(1, abs(b[key])), (key, logged)
+
+
+def test_grpo_keeps_trls_head_where_the_entropy_needs_a_gradient():
+    """An entropy bonus (entropy_coef, adaptive entropy) differentiates the entropy, which medgpt's head computes
+    without gradient: TRL's head stays there, and where labelled_loss_applies is false."""
+    from trl import GRPOConfig
+
+    from medgpt.stages.grpo import trainer_class
+
+    def name(labelled_head=True, **kwargs):
+        args = GRPOConfig(output_dir="unused", use_cpu=True, **kwargs)
+        return trainer_class(args, labelled_head).__name__
+
+    assert name() == "LabelledHeadGRPOTrainer"
+    assert name(entropy_coef=0.01) == name(use_adaptive_entropy=True) == name(False) == "GuardedGRPOTrainer"

@@ -47,3 +47,42 @@ def test_rm_learns_obvious_preference(tmp_path):
 def test_sft_data_to_preference_stage_fails_before_model_load(tmp_path, monkeypatch):
     message = error_before_model_load(monkeypatch, tmp_path, "stage=rm", "data=sft_demo")
     assert "stage=rm does not accept" in message and "sharegpt_preference, trl_preference, qa_preference" in message
+
+
+def test_rm_batches_pairs_of_similar_length_and_each_pair_once(tiny_dir, tmp_path):
+    """stage=rm's default batching (group_by_length over each pair's longer side): an epoch serves every pair
+    exactly once, batch size unchanged, with less padding than TRL's random order over the same pairs."""
+    import json
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig
+
+    from medgpt.data.formats import sharegpt_preference
+    from medgpt.stages.dpo import preference_dataset
+    from medgpt.stages.rm import trainer_class
+
+    with open(SAMPLES / "dpo_zh_500.jsonl", encoding="utf-8") as f:
+        rows = [sharegpt_preference(json.loads(line)) for _, line in zip(range(64), f)]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    padding = {}
+    for batching in ("group_by_length", "random"):
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_dir, num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        args = RewardConfig(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=4, max_length=1024,
+                            report_to=[], seed=0)
+        trainer = trainer_class()(model=model, args=args, train_dataset=preference_dataset(rows),
+                                  processing_class=tokenizer, batching=batching, batch_seed=0)
+        seen, real, padded = [], 0, 0
+        sizes = []
+        for batch in trainer.get_train_dataloader():
+            pairs = batch["input_ids"].shape[0] // 2  # chosen rows, then rejected rows
+            sizes.append(pairs)
+            real += int(batch["attention_mask"].sum())
+            padded += batch["attention_mask"].numel()
+            seen += [tuple(ids[mask.bool()].tolist()) for ids, mask in zip(batch["input_ids"][:pairs],
+                                                                           batch["attention_mask"][:pairs])]
+        assert len(seen) > 12 and sorted(sizes)[1:] == [4] * (len(sizes) - 1)  # one batch may hold the remainder
+        assert sorted(seen) == sorted(tuple(ids) for ids in trainer.train_dataset["chosen_ids"])
+        padding[batching] = 1 - real / padded
+    assert padding["group_by_length"] < 0.75 * padding["random"], padding  # pair-internal padding remains

@@ -150,11 +150,12 @@ def reference_model(cfg, model):
     return ref
 
 
-def labelled_head_trainer(base, metrics: tuple):
+def labelled_head_trainer(base, metrics: tuple, temperature: float = 1.0):
     """`base` (a TRL trainer that patches its models with `trl.add_fused_lm_head` and reads per-token log-probs
-    through `model(..., labels=labels, fused_lm_head=True)`: DPOTrainer, KTOTrainer) whose policy and reference get
-    medgpt's labelled head instead (medgpt.training.losses.add_labelled_lm_head): the completion positions only, a
-    chunk of rows at a time, and `metrics` (what the trainer logs) computed alongside. `labelled_head=False`, and
+    through `model(..., labels=labels, fused_lm_head=True)`: DPOTrainer, KTOTrainer, GRPOTrainer at its sampling
+    `temperature`) whose policy and reference get medgpt's labelled head instead
+    (medgpt.training.losses.add_labelled_lm_head): the completion positions only, a chunk of rows at a time, and
+    `metrics` (what the trainer logs) computed alongside. `labelled_head=False`, and
     devices where TRL's head is already compact (`trl_head_compacts`: CUDA with Triton), keep TRL's head. Reference
     log-probs precomputed in `base.__init__` (precompute_ref_log_probs) come from TRL's head."""
     class LabelledHeadTrainer(guarded(base)):
@@ -164,9 +165,9 @@ def labelled_head_trainer(base, metrics: tuple):
             if labelled_head and not trl_head_compacts(self.accelerator.device):
                 policy = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
                 wanted = metrics + (("log_sum_sq_probs",) if getattr(self, "use_weighting", False) else ())
-                self.labelled_head = add_labelled_lm_head(policy, metrics=wanted)
+                self.labelled_head = add_labelled_lm_head(policy, metrics=wanted, temperature=temperature)
                 if self.labelled_head and self.ref_model is not None:
-                    add_labelled_lm_head(self.accelerator.unwrap_model(self.ref_model))
+                    add_labelled_lm_head(self.accelerator.unwrap_model(self.ref_model), temperature=temperature)
 
     LabelledHeadTrainer.__name__ = LabelledHeadTrainer.__qualname__ = f"LabelledHead{base.__name__}"
     return LabelledHeadTrainer

@@ -1,6 +1,8 @@
 """GRPO (TRL's GRPOTrainer) on question/answer prompts, rewarded by the functions in stage.reward_funcs
-(medgpt.training.rewards: answer accuracy, <think>/<answer> format, length penalty, a trained reward model, or your own).
-Each function's mean reward is logged as rewards/<name>/mean.
+(medgpt.training.rewards: answer accuracy, <think>/<answer> format, length penalty, a trained reward model, or your
+own). Each function's mean reward is logged as rewards/<name>/mean. The completions' log-probabilities go through
+medgpt's labelled head (medgpt.training.losses.add_labelled_lm_head, at the sampling temperature), as DPO's do; on a
+CPU the rollouts come from medgpt.training.rollout (an exact sampler faster than torch.multinomial there).
 
     python train.py stage=grpo data=medical_grpo stage.args.num_generations=4 stage.args.max_completion_length=256
 """
@@ -9,8 +11,12 @@ from collections import Counter
 from datasets import Dataset
 
 from medgpt.errors import UserError
+from medgpt.stages.dpo import labelled_head_trainer
 from medgpt.training.guard import guarded
+from medgpt.training.losses import labelled_loss_applies
 from medgpt.training.rewards import check_answers, check_reward_funcs, instantiate_reward_funcs
+from medgpt.training.rollout import applies as cpu_rollout_applies
+from medgpt.training.rollout import cpu_rollout
 
 MODEL_KIND = "causal"
 CACHEABLE = False  # prepare() does more than tokenize (pairs, prompts): prepared afresh each run
@@ -70,9 +76,25 @@ def prepare(rows, tokenizer, cfg, settings):
                                                                               for r in rows))
 
 
-def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
+def trainer_class(args, labelled_head: bool = True):
+    """TRL's GRPOTrainer with medgpt's labelled head at `args.temperature` (bench/align_throughput.py measures it);
+    TRL's own head where an entropy bonus needs the entropy's gradient (entropy_coef, use_adaptive_entropy), which
+    medgpt's head computes without one, or where `labelled_head` is false."""
     from trl import GRPOTrainer
 
-    return guarded(GRPOTrainer)(model=model, reward_funcs=instantiate_reward_funcs(cfg.stage.reward_funcs),
-                                args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                                processing_class=tokenizer, callbacks=callbacks)
+    if not labelled_head or args.entropy_coef or args.use_adaptive_entropy:
+        return guarded(GRPOTrainer)
+    return labelled_head_trainer(GRPOTrainer, metrics=("entropy",), temperature=args.temperature)
+
+
+def build_trainer(cfg, model, tokenizer, args, train_dataset, eval_dataset, callbacks, settings):
+    import warnings
+
+    labelled_head = labelled_loss_applies(model, cfg.hardware.deepspeed, args.torch_compile)
+    rollout = cpu_rollout if cpu_rollout_applies(args, tokenizer, settings.cuda) else None
+    with warnings.catch_warnings():  # TRL calls `rollout_func` experimental; medgpt pins TRL (constraints.txt)
+        warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
+        return trainer_class(args, labelled_head)(
+            model=model, reward_funcs=instantiate_reward_funcs(cfg.stage.reward_funcs), args=args,
+            train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks,
+            rollout_func=rollout)

@@ -9,7 +9,7 @@ from typing import Optional
 from datasets import Dataset, IterableDataset
 
 from medgpt.data.tokenize import template_kwargs, tokenize_chats
-from medgpt.training.batching import collate_without_causal_padding_mask, plan_batches
+from medgpt.training.batching import collate_without_causal_padding_mask, plan_batches, planned_loader
 from medgpt.training.guard import guarded
 from medgpt.training.losses import labelled_loss_applies, labelled_positions_loss
 
@@ -33,7 +33,6 @@ def trainer_class():
     labelled positions, a chunk of rows at a time (medgpt.training.losses, medgpt.training.fused_loss: no
     full-vocabulary logits for the whole batch), unless stage.fused_lm_head asks for TRL's fused head (tiled, slower on
     CPU, as measured in docs/performance.md), and whose losses the guard checks."""
-    from torch.utils.data import DataLoader
     from trl import SFTTrainer
 
     class BatchedSFTTrainer(guarded(SFTTrainer)):
@@ -64,9 +63,7 @@ def trainer_class():
             if self.args.remove_unused_columns:  # as the trainer's own loader: only what the collator reads
                 dataset = dataset.select_columns([c for c in dataset.column_names if c in SFT_COLUMNS])
             collate = functools.partial(collate_without_causal_padding_mask, self.data_collator)
-            return self.accelerator.prepare(DataLoader(
-                dataset, batch_sampler=self.batch_plan, collate_fn=collate,
-                num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory))
+            return planned_loader(self, dataset, self.batch_plan, collate)
 
     return BatchedSFTTrainer
 

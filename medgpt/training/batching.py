@@ -99,6 +99,14 @@ def plan_batches(strategy: str, lengths: Sequence[int], batch_size: int, max_tok
     raise UserError(f"stage.batching={strategy}: use one of {', '.join(STRATEGIES)}")
 
 
+def planned_loader(trainer, dataset, plan: BatchPlan, collate) -> "torch.utils.data.DataLoader":
+    """`trainer`'s training DataLoader serving `plan`'s batches of `dataset` (a batch_sampler), with the trainer's
+    worker settings, prepared by its accelerator as Trainer.get_train_dataloader prepares its own."""
+    return trainer.accelerator.prepare(torch.utils.data.DataLoader(
+        dataset, batch_sampler=plan, collate_fn=collate, num_workers=trainer.args.dataloader_num_workers,
+        pin_memory=trainer.args.dataloader_pin_memory))
+
+
 def drop_causal_padding_mask(batch: dict) -> dict:
     """Right padding never reaches a real token under causal attention (pads come after it), and pads carry
     label -100: so the padding mask is redundant in training. Without it attention takes the fast causal kernel

@@ -5,12 +5,13 @@ vocabulary, 4 x 4096 labelled positions would hold 10 GB of fp32 logits, and as 
 - `linear_cross_entropy`: the summed next-token loss (SFT, PT). Each chunk's gradient is computed in the forward pass,
   while its logits exist (the backward only scales it), so it does the same matrix products as the unfused loss.
   On CUDA with `liger-kernel` installed (`pip install medgpt[liger]`) Liger's fused kernel does it instead.
-- `linear_log_probs`: the log-probability of each target (DPO/IPO, KTO: the trainers' `fused_lm_head=True` contract,
-  see medgpt.training.losses.add_labelled_lm_head). The backward recomputes each chunk's logits, since its per-token gradient arrives only
-  then.
+- `linear_log_probs`: the log-probability of each target (DPO/IPO, KTO, GRPO: the trainers' `fused_lm_head=True`
+  contract, see medgpt.training.losses.add_labelled_lm_head), at a sampling temperature where GRPO asks for one. The
+  backward recomputes each chunk's logits, since its per-token gradient arrives only then.
 
-Both are pure PyTorch `torch.autograd.Function`s: CPU and GPU alike. Used by medgpt.training.losses (SFT/PT) and the
-preference stages (medgpt/stages/dpo.py, kto.py); measured in bench/memory.py and docs/performance.md.
+Both are pure PyTorch `torch.autograd.Function`s: CPU and GPU alike. Used by medgpt.training.losses (SFT/PT), the
+preference stages (medgpt/stages/dpo.py, kto.py) and GRPO (medgpt/stages/grpo.py); measured in bench/memory.py,
+bench/align_throughput.py and docs/performance.md.
 
     python train.py stage=sft model=qwen3-0.6b model.path=<a model with Qwen3's vocabulary>    # the default loss
 """
@@ -97,11 +98,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias, targe
 
 
 class LinearLogProbs(torch.autograd.Function):
-    """log softmax(hidden_i @ weight.T + bias)[target_i] for each row, a chunk of rows at a time, plus (without
-    gradient) the metrics TRL's preference trainers log; the backward recomputes each chunk's logits."""
+    """log softmax(scale * (hidden_i @ weight.T + bias))[target_i] for each row (scale = 1 / the sampling temperature),
+    a chunk of rows at a time, plus (without gradient) the metrics TRL's trainers log; the backward recomputes each
+    chunk's logits."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_rows: int, metrics: tuple):
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows: int, metrics: tuple, scale: float = 1.0):
         n = hidden.shape[0]
         log_probs = torch.empty(n, device=hidden.device, dtype=torch.float32)
         lses = torch.empty(n, device=hidden.device, dtype=torch.float32)
@@ -110,21 +112,29 @@ class LinearLogProbs(torch.autograd.Function):
         for start in range(0, n, chunk_rows):
             rows = slice(start, start + chunk_rows)
             logits = _logits(hidden[rows], weight, bias)
-            lse = torch.logsumexp(logits, dim=-1)
+            if scale != 1.0:
+                logits.mul_(scale)
+            if "entropy" in extra or "log_sum_sq_probs" in extra:
+                # one exponential pass serves the normaliser and the metrics: e = exp(logits - max) <= 1, sum(e) >= 1
+                top = logits.amax(-1, keepdim=True)
+                e = (logits - top).exp_()
+                total = e.sum(-1)
+                lse = top.squeeze(1) + total.log()
+                if "entropy" in extra:  # H = lse - sum(p * logits)
+                    extra["entropy"][rows] = lse - (e * logits).sum(-1) / total
+                if "log_sum_sq_probs" in extra:  # log sum p^2 = log sum e^2 - 2 log sum e
+                    extra["log_sum_sq_probs"][rows] = e.square_().sum(-1).log() - 2 * total.log()
+                del e
+            else:
+                lse = torch.logsumexp(logits, dim=-1)
             target = logits.gather(1, targets[rows].unsqueeze(1)).squeeze(1)
             lses[rows], log_probs[rows] = lse, target - lse
             if "mean_logits" in extra:
                 extra["mean_logits"][rows] = logits.mean(-1)
             if "is_top1" in extra:  # the target is the first maximum (as TRL's is_top1)
                 extra["is_top1"][rows] = logits.argmax(-1) == targets[rows]
-            if "entropy" in extra or "log_sum_sq_probs" in extra:
-                logp = logits.sub_(lse.unsqueeze(1))
-                if "log_sum_sq_probs" in extra:
-                    extra["log_sum_sq_probs"][rows] = torch.logsumexp(2 * logp, dim=-1)
-                if "entropy" in extra:
-                    extra["entropy"][rows] = -(logp.exp() * logp).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, targets, lses)
-        ctx.chunk_rows = chunk_rows
+        ctx.chunk_rows, ctx.scale = chunk_rows, scale
         ctx.mark_non_differentiable(*extra.values())
         return (log_probs, *extra.values())
 
@@ -136,12 +146,16 @@ class LinearLogProbs(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if needs_w else None
         grad_b = torch.zeros(bias.shape, device=bias.device, dtype=torch.float32) if needs_b else None
         if grad_log_probs is None or not (needs_h or needs_w or needs_b):
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         for start in range(0, hidden.shape[0], ctx.chunk_rows):
             rows = slice(start, start + ctx.chunk_rows)
             h, t, g = hidden[rows], targets[rows], grad_log_probs[rows].float()
-            # d log p_target / d logits = onehot(target) - softmax, times the incoming per-token gradient
-            grad = _logits(h, weight, bias).sub_(lses[rows].unsqueeze(1)).exp_().mul_(-g.unsqueeze(1))
+            # d log p_target / d logits = scale * (onehot(target) - softmax), times the incoming per-token gradient
+            logits = _logits(h, weight, bias)
+            if ctx.scale != 1.0:
+                logits.mul_(ctx.scale)
+                g = g * ctx.scale
+            grad = logits.sub_(lses[rows].unsqueeze(1)).exp_().mul_(-g.unsqueeze(1))
             grad[torch.arange(t.numel(), device=t.device), t] += g
             grad = grad.to(weight.dtype)
             if needs_h:
@@ -151,10 +165,12 @@ class LinearLogProbs(torch.autograd.Function):
             if needs_b:
                 grad_b += grad.sum(0, dtype=torch.float32)
         return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
-                None if grad_b is None else grad_b.to(bias.dtype), None, None, None)
+                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None)
 
 
-def linear_log_probs(hidden, weight, bias, targets, chunk_rows: int = 0, metrics: tuple = ()):
-    """(log-probabilities [N], *metrics [N] each) of `targets` under rows `hidden` [N, H] through `weight` [V, H]."""
+def linear_log_probs(hidden, weight, bias, targets, chunk_rows: int = 0, metrics: tuple = (),
+                     temperature: float = 1.0):
+    """(log-probabilities [N], *metrics [N] each) of `targets` under rows `hidden` [N, H] through `weight` [V, H],
+    the logits divided by `temperature` (GRPO scores completions at the temperature that sampled them)."""
     return LinearLogProbs.apply(hidden, weight, bias, targets, chunk_rows or rows_per_chunk(weight.shape[0]),
-                                tuple(m for m in metrics if m in METRICS))
+                                tuple(m for m in metrics if m in METRICS), 1.0 / temperature)

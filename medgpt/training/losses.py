@@ -114,15 +114,15 @@ def labelled_positions_loss(model, inputs: dict, num_items_in_batch=None) -> tor
     return total / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1))
 
 
-def add_labelled_lm_head(model, metrics: tuple = ()) -> bool:
-    """Give `model` (a causal LM that TRL's preference trainers patched with `trl.add_fused_lm_head`) medgpt's head
-    for the same public contract: `model(..., labels=labels, fused_lm_head=True)` returns a `FusedCausalLMOutput`
-    with per-token log-probabilities (and the `metrics` asked for: entropy, mean_logits, is_top1, log_sum_sq_probs),
-    without full-vocabulary logits. Unlike TRL's head, which scores every position on devices without Triton, only
-    labelled positions (the completion) reach the LM head, and in the last decoder layer the prompt positions skip
-    the MLP and the query/output projections. Calls it cannot serve (MoE router logits, pre-shifted labels,
-    positional inputs) go to the previous forward. Returns False, changing nothing, where `supports_labelled_loss`
-    is false."""
+def add_labelled_lm_head(model, metrics: tuple = (), temperature: float = 1.0) -> bool:
+    """Give `model` (a causal LM that TRL's preference or GRPO trainers patched with `trl.add_fused_lm_head`) medgpt's
+    head for the same public contract: `model(..., labels=labels, fused_lm_head=True)` returns a `FusedCausalLMOutput`
+    with per-token log-probabilities of the logits divided by `temperature` (and the `metrics` asked for: entropy,
+    mean_logits, is_top1, log_sum_sq_probs; without gradient), without full-vocabulary logits. Unlike TRL's head,
+    which scores every position on devices without Triton, only labelled positions (the completion) reach the LM
+    head, and in the last decoder layer the prompt positions skip the MLP and the query/output projections. Calls
+    it cannot serve (MoE router logits, pre-shifted labels, positional inputs) go to the previous forward. Returns
+    False, changing nothing, where `supports_labelled_loss` is false."""
     from trl.trainer.utils import FusedCausalLMOutput
 
     if not supports_labelled_loss(model) or getattr(model, "medgpt_labelled_head", False):
@@ -144,7 +144,8 @@ def add_labelled_lm_head(model, metrics: tuple = ()) -> bool:
         with only_at(last_layer_position_wise(self), F.pad(keep, (0, 1))):  # position t predicts label t + 1
             hidden = self.model(**kwargs).last_hidden_state
         head = self.lm_head
-        per_token = linear_log_probs(hidden[:, :-1][keep], head.weight, head.bias, targets[keep], metrics=metrics)
+        per_token = linear_log_probs(hidden[:, :-1][keep], head.weight, head.bias, targets[keep], metrics=metrics,
+                                     temperature=temperature)
         fields = {name: x.new_zeros(keep.shape).masked_scatter(keep, x)  # zero where the label is -100, as TRL's
                   for name, x in zip(("log_probs",) + metrics, per_token)}
         count = keep.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
