@@ -120,10 +120,10 @@ class LinearLogProbs(torch.autograd.Function):
                 e = (logits - top).exp_()
                 total = e.sum(-1)
                 lse = top.squeeze(1) + total.log()
-                if "entropy" in extra:  # H = lse - sum(p * logits)
-                    extra["entropy"][rows] = lse - (e * logits).sum(-1) / total
-                if "log_sum_sq_probs" in extra:  # log sum p^2 = log sum e^2 - 2 log sum e
-                    extra["log_sum_sq_probs"][rows] = e.square_().sum(-1).log() - 2 * total.log()
+                if "log_sum_sq_probs" in extra:  # log sum p^2 = 2 log |e| - 2 log sum e
+                    extra["log_sum_sq_probs"][rows] = 2 * (torch.linalg.vector_norm(e, dim=-1).log() - total.log())
+                if "entropy" in extra:  # H = lse - sum(p * logits); in place: no third chunk-sized tensor
+                    extra["entropy"][rows] = lse - e.mul_(logits).sum(-1) / total
                 del e
             else:
                 lse = torch.logsumexp(logits, dim=-1)
