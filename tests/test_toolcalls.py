@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from medgpt.inference.replies import StopFilter, check_template_kwargs
+from medgpt.inference.replies import check_template_kwargs
+from medgpt.modeling.generate import StopFilter
 from medgpt.inference.toolcalls import PARSERS, TEMPLATE_FORMATS, Splitter, parse_tool_calls, thinks, tool_format
 from medgpt.modeling.templates import TOOL_TEMPLATES, load_template, stop_tokens
 

@@ -1,6 +1,6 @@
 """One reply as `serve` and `chat` produce it: the prompt rendered with tools and chat-template options, generation
-in a worker thread that the caller can cancel, `stop` strings, why it ended ("stop" / "length"), and the reply
-split into reasoning, content and tool calls (medgpt.inference.toolcalls).
+in a worker thread that the caller can cancel (medgpt.modeling.generate.Generation: `stop` strings, why it ended,
+"stop" / "length"), and the reply split into reasoning, content and tool calls (medgpt.inference.toolcalls).
 
     python -c "from medgpt.modeling.load import load_for_inference; from medgpt.inference.replies import Replier; \
 m, t, i = load_for_inference('tiny'); print(Replier(m, t, i).answer([{'role': 'user', 'content': 'hi'}]))"
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
-from medgpt.inference.toolcalls import THINK_OPEN, Splitter, held_back, thinks, tool_format
-from medgpt.modeling.generate import settings
+from medgpt.inference.toolcalls import THINK_OPEN, Splitter, thinks, tool_format
+from medgpt.modeling.generate import Generation, settings, stop_ids
 
 # apply_chat_template's own parameters: not template variables, so not settable through chat_template_kwargs
 RESERVED_TEMPLATE_KWARGS = {"conversation", "tools", "documents", "chat_template", "add_generation_prompt",
@@ -58,117 +58,6 @@ def check_template_kwargs(kwargs) -> dict:
     return dict(kwargs)
 
 
-class StopFilter:
-    """Cuts the text at the first `stop` string; holds back a tail that may begin one until the next piece."""
-
-    def __init__(self, stops: Sequence[str] = ()):
-        self.stops = tuple(s for s in stops if s)
-        self.buffer = ""
-
-    def feed(self, piece: str):
-        """(text to pass on, whether a stop string was reached)."""
-        if not self.stops:
-            return piece, False
-        self.buffer += piece
-        found = [self.buffer.find(s) for s in self.stops if s in self.buffer]
-        if found:
-            text, self.buffer = self.buffer[:min(found)], ""
-            return text, True
-        keep = held_back(self.buffer, self.stops)
-        text, self.buffer = self.buffer[:len(self.buffer) - keep], self.buffer[len(self.buffer) - keep:]
-        return text, False
-
-    def flush(self) -> str:
-        text, self.buffer = self.buffer, ""
-        return text
-
-
-def _streamer(tokenizer):
-    from transformers import TextIteratorStreamer
-
-    class Counting(TextIteratorStreamer):
-        """Also keeps the generated token ids (to count them and see whether the last one ended the turn)."""
-
-        def __init__(self):
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self.generated: List[int] = []
-
-        def put(self, value):
-            if not self.next_tokens_are_prompt:
-                self.generated.extend(value.reshape(-1).tolist())
-            super().put(value)
-
-    return Counting()
-
-
-class Generation:
-    """A reply being generated: iterate for its text pieces (stop strings applied); afterwards `finish_reason`
-    ("stop": end of turn or a stop string, "length": max_new_tokens reached) and `completion_tokens`.
-    Setting `cancel` (or closing the iterator) stops the model at its next step. A failure in the model is
-    raised from the iteration."""
-
-    def __init__(self, model, tokenizer, ids: List[int], *, max_new_tokens: int, stop_ids: Sequence[int],
-                 stop: Sequence[str] = (), cancel: Optional[threading.Event] = None, **kwargs):
-        self.model, self.tokenizer, self.ids, self.kwargs = model, tokenizer, ids, kwargs
-        self.max_new_tokens, self.stop_ids = max_new_tokens, list(stop_ids)
-        self.stops = StopFilter(stop)
-        self.cancel = cancel or threading.Event()
-        self.streamer = _streamer(tokenizer)
-        self.hit_stop = False
-        self.finish_reason: Optional[str] = None
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.streamer.generated)
-
-    def _work(self, failure: list) -> None:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        cancel = self.cancel
-
-        class Cancelled(StoppingCriteria):  # the client left, or a stop string was reached
-            def __call__(self, input_ids, scores, **kwargs):
-                return cancel.is_set()
-
-        ids = torch.tensor([self.ids], device=self.model.device)
-        try:
-            with torch.inference_mode():
-                self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=self.streamer,
-                                    stopping_criteria=StoppingCriteriaList([Cancelled()]),
-                                    max_new_tokens=self.max_new_tokens, eos_token_id=self.stop_ids,
-                                    **self.kwargs)
-        except Exception as e:  # re-raised in the consumer's thread
-            failure.append(e)
-            self.streamer.end()
-
-    def __iter__(self) -> Iterator[str]:
-        failure: list = []
-        worker = threading.Thread(target=self._work, args=(failure,), daemon=True)
-        worker.start()
-        try:
-            for piece in self.streamer:
-                text, self.hit_stop = self.stops.feed(piece)
-                if text:
-                    yield text
-                if self.hit_stop:
-                    self.cancel.set()
-                    break
-            else:
-                if not failure and (tail := self.stops.flush()):
-                    yield tail
-        finally:
-            if worker.is_alive():
-                self.cancel.set()
-            worker.join()
-        if failure:
-            raise failure[0]
-        generated = self.streamer.generated
-        ended = bool(generated) and generated[-1] in self.stop_ids
-        self.finish_reason = "length" if not (self.hit_stop or ended) and \
-            len(generated) >= self.max_new_tokens else "stop"
-
-
 class Replier:
     """What answering chats with one loaded model needs: its tool-call format, whether replies carry <think>
     blocks, the default chat-template variables (RUN_INFO's chat_template_kwargs), its context and stop tokens."""
@@ -182,11 +71,7 @@ class Replier:
         self.tool_format = tool_format(tokenizer.chat_template, info.get("template"))
         self.reasoning = thinks(tokenizer.chat_template)
         self.context = max_model_len or context_length(model, tokenizer)
-        eos = model.generation_config.eos_token_id
-        stop_ids = list(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop_ids:
-            stop_ids.append(tokenizer.eos_token_id)
-        self.stop_ids = stop_ids
+        self.stop_ids = stop_ids(model, tokenizer)
         self.lock = threading.Lock()
 
     def render(self, messages: List[dict], tools: Optional[list] = None, template_kwargs=None) -> List[int]:

@@ -28,6 +28,8 @@ import re
 import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from medgpt.modeling.generate import held_back
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
@@ -342,15 +344,6 @@ def parse_tool_calls(text: str, fmt: Optional[str], tools: Optional[Sequence[dic
         if parsed is not None:
             return parsed
     return text, []
-
-
-def held_back(buffer: str, markers: Tuple[str, ...]) -> int:
-    """How many trailing characters of buffer might begin a marker (kept back until the next piece)."""
-    for size in range(min(len(buffer), max(map(len, markers)) - 1), 0, -1):
-        tail = buffer[-size:]
-        if any(m.startswith(tail) for m in markers):
-            return size
-    return 0
 
 
 class Splitter:

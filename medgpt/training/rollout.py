@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from medgpt.modeling.generate import left_padded
 from medgpt.modeling.sampling import sampling_processors
 
 
@@ -40,13 +41,11 @@ def cpu_rollout(prompts: list, trainer) -> dict:
 
     args, tokenizer = trainer.args, trainer.processing_class
     ids = prompt_ids(prompts, trainer)
-    width = max(map(len, ids))
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in ids])  # left padding
-    attention_mask = (torch.arange(width) >= torch.tensor([width - len(row) for row in ids])[:, None]).long()
-    config = GenerationConfig(max_new_tokens=args.max_completion_length, do_sample=False, pad_token_id=pad,
-                              bos_token_id=tokenizer.bos_token_id, eos_token_id=trainer.eos_token_ids,
-                              repetition_penalty=args.repetition_penalty,
+    input_ids, attention_mask = left_padded(ids, tokenizer.pad_token_id)
+    width = input_ids.shape[1]
+    config = GenerationConfig(max_new_tokens=args.max_completion_length, do_sample=False,
+                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=trainer.eos_token_ids, repetition_penalty=args.repetition_penalty,
                               cache_implementation=args.cache_implementation, disable_compile=True)
     with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                      gather_deepspeed3_params=args.ds3_gather_for_generation,
