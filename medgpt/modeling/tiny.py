@@ -10,7 +10,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from medgpt.modeling.templates import END_OF_TURN, load_template
 from medgpt.runs import RUN_INFO, write_run_info
@@ -25,6 +27,26 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def cache_root() -> Path:
     return Path(os.environ.get("MEDGPT_CACHE", Path.home() / ".cache" / "medgpt"))
+
+
+@contextmanager
+def publishing(final: Path, marker: str) -> Iterator[Path]:
+    """A staging folder beside `final` to build a cache entry in; when the block ends without error it becomes
+    `final` in one rename, so a half-built folder is never found. `marker`: a file every complete entry has. An
+    incomplete `final` (a crash before this helper existed, files put by hand) is replaced; a complete one that
+    another process published first is kept."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".building-"))
+    try:
+        yield staging
+        if final.exists() and not (final / marker).exists():
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            staging.rename(final)
+        except OSError:  # another process finished first: use its copy
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def corpus() -> list:
@@ -89,16 +111,8 @@ def tiny_path(**overrides) -> Path:
     final = cache_root() / "tiny" / _key(shape, digest)
     if (final / RUN_INFO).exists():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".building-"))
-    try:
-        build_tiny(tmp, texts, **shape)
-        try:
-            tmp.rename(final)
-        except OSError:  # another process finished first: use its copy
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with publishing(final, RUN_INFO) as staging:
+        build_tiny(staging, texts, **shape)
     return final
 
 
