@@ -19,7 +19,7 @@ from medgpt.data.formats import RecordError
 from medgpt.errors import DataError, UserError, command
 from medgpt.inference.replies import Replier, check_template_kwargs
 from medgpt.modeling.generate import DEFAULTS, SETTINGS, complete_batch
-from medgpt.modeling.load import LoadPolicy, load_for_inference, resolve_path
+from medgpt.modeling.load import LoadPolicy, add_consent_flags, load_for_inference, resolve_path
 from medgpt.runs import adapter_base, world_size
 
 QUESTION_KEYS = ("prompt", "question", "instruction", "messages", "conversations")
@@ -33,10 +33,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-map", help="'auto' spreads layers over all GPUs (default: CPU, or this rank's "
                                              "GPU)")
     parser.add_argument("--load-in", choices=["4bit", "8bit"], help="quantize the weights with bitsandbytes")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run the model's own code (auto_map) if it needs it; only for sources you trust")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="load pickle (.bin) weights; unpickling can run code: only for sources you trust")
+    add_consent_flags(parser)
     parser.add_argument("--system", help="system prompt")
     for name in SETTINGS:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int if name == "max_new_tokens" else float,
@@ -50,7 +47,7 @@ def generation_overrides(args) -> dict:
 
 def load(args):
 
-    policy = LoadPolicy(trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    policy = LoadPolicy.of_args(args)
     return load_for_inference(args.model, device_map=args.device_map, quantization=args.load_in, base=args.base,
                               template=args.template, policy=policy)
 

@@ -77,6 +77,20 @@ class LoadPolicy:
         return cls(bool(cfg.model.trust_remote_code), bool(cfg.allow_pickle), "model.trust_remote_code=true",
                    "allow_pickle=true")
 
+    @classmethod
+    def of_args(cls, args) -> "LoadPolicy":
+        """A command's policy: its --trust-remote-code and --allow-pickle (add_consent_flags)."""
+        return cls(bool(args.trust_remote_code), bool(args.allow_pickle))
+
+
+def add_consent_flags(parser, code_of: str = "the model's") -> None:
+    """--trust-remote-code and --allow-pickle, as every command that loads a model spells them; `code_of`: whose code
+    the first one runs."""
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help=f"run {code_of} own code (auto_map) if it needs it; only for sources you trust")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load pickle (.bin) weights; unpickling can run code: only for sources you trust")
+
 
 def remote_code_request(folder: Path) -> Optional[str]:
     """What in a local model folder would run the folder's own code (an auto_map class that transformers does not

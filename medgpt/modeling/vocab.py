@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List
 
 from medgpt.errors import UserError, command
-from medgpt.modeling.load import LoadPolicy, check_source, hub_source, load_failure, resolve_path
+from medgpt.modeling.load import (LoadPolicy, add_consent_flags, check_source, hub_source, load_failure,
+                                 resolve_path)
 from medgpt.runs import EXTENDED_VOCAB, run_info, write_run_info
 
 log = logging.getLogger(__name__)
@@ -151,12 +152,9 @@ def main(argv=None) -> None:
     parser.add_argument("--base", required=True, help="model folder, run folder, hub id, or tiny")
     parser.add_argument("--output", required=True, help="folder for the extended model + tokenizer")
     parser.add_argument("--vocab-size", type=int, required=True, help="size of the domain BPE vocabulary to learn")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run the base model's own code (auto_map) if it needs it; only for sources you trust")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="load pickle (.bin) weights; unpickling can run code: only for sources you trust")
+    add_consent_flags(parser, "the base model's")
     args = parser.parse_args(argv)
     report = extend(args.corpus, args.base, args.output, args.vocab_size,
-                    LoadPolicy(args.trust_remote_code, args.allow_pickle))
+                    LoadPolicy.of_args(args))
     print(json.dumps(report, indent=1, ensure_ascii=False))
     print(f"train on it: python train.py stage=pt model.path={args.output}")

@@ -18,7 +18,8 @@ from typing import Optional
 
 from medgpt.errors import UserError, command
 from medgpt.modeling.hardware import quantization_config
-from medgpt.modeling.load import LoadPolicy, check_source, load_failure, resolve_path, show_held_notices
+from medgpt.modeling.load import (LoadPolicy, add_consent_flags, check_source, load_failure, resolve_path,
+                                 show_held_notices)
 from medgpt.runs import ADAPTER_WEIGHTS, GENERATION_CONFIG, adapter_base, run_info, write_run_info
 
 log = logging.getLogger(__name__)
@@ -108,13 +109,10 @@ def main(argv=None) -> int:
     parser.add_argument("adapter", help="a run folder or its final/ holding a LoRA/QLoRA adapter")
     parser.add_argument("--output", required=True, help="folder for the merged model")
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: the base's)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run the base model's own code (auto_map) if it needs it; only for sources you trust")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="load pickle (.bin) weights; unpickling can run code: only for sources you trust")
+    add_consent_flags(parser, "the base model's")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = merge(opts.adapter, opts.output, opts.dtype,
-                policy=LoadPolicy(trust_remote_code=opts.trust_remote_code, allow_pickle=opts.allow_pickle))
+                policy=LoadPolicy.of_args(opts))
     print(f"merged model: {out}\nchat         medgpt chat {out}")
     return 0
