@@ -365,23 +365,22 @@ class Splitter:
         self.fresh_content = True  # strip the newlines that follow </think>
         self.fresh_reasoning = True
 
-    def feed(self, piece: str) -> List[dict]:
-        self.buffer += piece
+    def _steps(self, final: bool) -> List[dict]:
+        """Step until neither the state nor the buffer changes; the deltas produced."""
         out: List[dict] = []
         while True:
             before = (self.state, len(self.buffer))
-            out += self._step(final=False)
+            out += self._step(final=final)
             if (self.state, len(self.buffer)) == before:
-                return [d for d in out if next(iter(d.values()))]
+                return out
+
+    def feed(self, piece: str) -> List[dict]:
+        self.buffer += piece
+        return [d for d in self._steps(final=False) if next(iter(d.values()))]
 
     def finish(self) -> Tuple[List[dict], List[dict]]:
         """(remaining deltas, tool_calls)."""
-        out: List[dict] = []
-        while True:
-            before = (self.state, len(self.buffer))
-            out += self._step(final=True)
-            if (self.state, len(self.buffer)) == before:
-                break
+        out = self._steps(final=True)
         calls: List[dict] = []
         if self.state == "tool":
             content, calls = parse_tool_calls(self.buffer, self.fmt, self.schemas)
